@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make run` (set up and run the demo) and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test setup fetch bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+fetch: $(STAMP)
+	$(BIN)/anoncam models fetch
+	$(BIN)/anoncam samples fetch franck
+
+# The demo: the sample clip looped as the camera, anonymized output under ./out, a summary line
+# every few seconds. Ctrl-C stops it cleanly. RUN_ARGS="--max-frames 300" for a short run.
+run: fetch
+	$(BIN)/anoncam run --output out $(RUN_ARGS)
+
+test: $(STAMP)
+	$(BIN)/anoncam models fetch
+	$(BIN)/python -m pytest -q $(TEST_ARGS)
+
+bench: fetch
+	$(BIN)/python bench/anonymize_vs_deface.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check firmware tests quantize bench
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

@@ -1,0 +1,44 @@
+"""Face masks: the FaceMesh face oval, or an ellipse from the box; grown and feathered."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from ..detect.facemesh import FACE_OVAL
+
+
+def face_polygon(box: np.ndarray, landmarks: np.ndarray | None, scale: float) -> np.ndarray:
+    """Outline of the area to cover, in frame pixels, grown by `scale` about its centre."""
+    if landmarks is not None:
+        pts = landmarks[FACE_OVAL].astype(np.float32)
+        c = pts.mean(0)
+        pts = c + (pts - c) * scale
+        return pts
+    c = (box[:2] + box[2:]) / 2
+    ax = (box[2:] - box[:2]) / 2 * scale * 1.1  # the ellipse must hold the box's corners' face area
+    t = np.linspace(0, 2 * np.pi, 32, endpoint=False)
+    return np.stack([c[0] + ax[0] * np.cos(t), c[1] + ax[1] * np.sin(t)], 1).astype(np.float32)
+
+
+def roi_for(poly: np.ndarray, margin: float, shape: tuple) -> tuple[int, int, int, int] | None:
+    h, w = shape[:2]
+    x0, y0 = np.floor(poly.min(0) - margin).astype(int)
+    x1, y1 = np.ceil(poly.max(0) + margin).astype(int)
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return None
+    return x0, y0, x1, y1
+
+
+def feathered(poly: np.ndarray, roi: tuple[int, int, int, int], feather_px: float) -> np.ndarray:
+    """Float mask in the ROI, 1 inside the polygon; the soft edge lies outside it, so the polygon
+    itself stays fully covered."""
+    x0, y0, x1, y1 = roi
+    mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    k = max(1, int(round(feather_px)))
+    cv2.fillPoly(mask, [np.round(poly - [x0, y0]).astype(np.int32)], 255)
+    if k > 1:
+        grown = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+        soft = cv2.GaussianBlur(grown, (0, 0), k / 3)
+        mask = np.maximum(mask, soft)
+    return mask.astype(np.float32) / 255.0

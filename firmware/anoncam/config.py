@@ -1,0 +1,191 @@
+"""Configuration: YAML validated with pydantic; unknown keys are rejected with their path and file."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+Method = Literal["blur", "pixelate", "solid", "generative"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CameraConfig(Strict):
+    name: str = Field("cam0", pattern=r"^[A-Za-z0-9_-]+$", description="Camera id used in file names and topics.")
+    source: str = Field("sample:franck", description=(
+        "sample:NAME (fetched sample clip), an image/video file or directory, a device index (0), "
+        "an rtsp:// or http:// URL, gst:PIPELINE, or picamera2."))
+    loop: bool = Field(True, description="Loop file sources forever (the demo camera).")
+    realtime: bool = Field(True, description="Pace file sources at their own frame rate, as a live camera.")
+    fps: float | None = Field(None, gt=0, description="Pace file sources at this rate instead (implies realtime).")
+    width: int | None = Field(None, gt=0, description="Requested capture width (devices, picamera2).")
+    height: int | None = Field(None, gt=0, description="Requested capture height (devices, picamera2).")
+    lores_width: int = Field(320, gt=0, description="picamera2: width of the lores stream used for detection.")
+
+
+class DetectConfig(Strict):
+    model: str = Field("yunet", description="Detector name in models/manifest.yaml.")
+    size: int = Field(320, ge=64, le=1920, description="Long side of the detector input, in pixels.")
+    score_threshold: float = Field(0.6, gt=0, lt=1)
+    nms_threshold: float = Field(0.3, gt=0, lt=1)
+    tiles: int = Field(2, ge=0, le=4, description=(
+        "Second pass for small faces: the frame is cut into tiles x tiles overlapping tiles, each run at "
+        "`size`. 0 turns it off. Runs only when the frame is larger than 1.5x `size`."))
+    every_n: int = Field(1, ge=1, description="Run the detector every Nth frame; track in between.")
+
+
+class LandmarksConfig(Strict):
+    enabled: bool = Field(True, description="Dense FaceMesh landmarks for a face-shaped mask.")
+    model: str = "facemesh"
+    min_face: int = Field(24, ge=8, description="Faces smaller than this (px) use the ellipse mask.")
+    score_threshold: float = Field(0.5, gt=0, lt=1)
+
+
+class TrackConfig(Strict):
+    iou_threshold: float = Field(0.2, gt=0, lt=1)
+    coast_frames: int = Field(15, ge=10, description="Frames a lost face stays covered at its predicted box.")
+    coast_grow: float = Field(0.08, ge=0, le=0.5, description="Box growth per coasted frame (fraction of size).")
+
+
+class AnonymizeConfig(Strict):
+    method: Method = "blur"
+    mask_scale: float = Field(1.25, ge=1.0, le=2.5, description="Grow the face mask about its centre.")
+    feather: float = Field(0.12, ge=0, le=0.5, description="Mask edge softness, fraction of face size.")
+    solid_color: tuple[int, int, int] = Field((40, 40, 40), description="BGR fill for `solid` and zones.")
+    blur_sigma: float = Field(0.22, gt=0, le=1, description="Blur sigma as a fraction of face size.")
+    pixelate_blocks: int = Field(8, ge=3, le=32, description="Blocks across the face for `pixelate`.")
+    privacy_zones: list[list[tuple[float, float]]] = Field(default_factory=list, description=(
+        "Polygons always covered with solid_color. Points in pixels, or in 0..1 of the frame if all <= 1."))
+
+    @field_validator("privacy_zones")
+    @classmethod
+    def _zones(cls, v):
+        for poly in v:
+            if len(poly) < 3:
+                raise ValueError("a privacy zone needs at least 3 points")
+        return v
+
+
+class FailsafeConfig(Strict):
+    budget_ms: float = Field(1000.0, gt=0, description="A frame whose detect+anonymize takes longer fails closed.")
+    on_failure: Literal["cover", "drop"] = Field("cover", description="Fully cover or drop a failed frame.")
+
+
+class StillsConfig(Strict):
+    enabled: bool = True
+    every_s: float = Field(5.0, gt=0, description="At most one JPEG still every this many seconds of video.")
+    quality: int = Field(90, ge=10, le=100)
+
+
+class VideoConfig(Strict):
+    enabled: bool = True
+    segment_s: float = Field(60.0, gt=0, description="Length of one video segment in seconds of video.")
+    fourcc: str = Field("mp4v", min_length=4, max_length=4)
+    extension: str = Field(".mp4", pattern=r"^\.[a-z0-9]+$")
+
+
+class RetentionConfig(Strict):
+    max_bytes: int = Field(2_000_000_000, gt=0, description="Delete oldest output beyond this total size.")
+    max_age_h: float | None = Field(168.0, gt=0, description="Delete output older than this; null keeps all.")
+    min_free_bytes: int = Field(200_000_000, ge=0, description="Delete oldest output while free space is lower.")
+
+
+class OutputConfig(Strict):
+    dir: Path = Field(Path("out"), description="Where anonymized stills and video segments go.")
+    stills: StillsConfig = StillsConfig()
+    video: VideoConfig = VideoConfig()
+    retention: RetentionConfig = RetentionConfig()
+
+
+class RuntimeConfig(Strict):
+    threads: int = Field(2, ge=1, le=64, description="Threads per inference session.")
+    onnx_providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"], description=(
+        "onnxruntime execution providers in order of preference, e.g. TensorrtExecutionProvider, "
+        "CUDAExecutionProvider on Jetson. Missing ones are skipped with a warning."))
+    litert_delegate: Literal["none", "edgetpu"] = Field("none", description="LiteRT delegate for .tflite models.")
+
+
+class LogConfig(Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+    summary_every_s: float = Field(5.0, gt=0, description="Seconds between summary lines.")
+
+
+class TestingConfig(Strict):
+    blind_frames: list[tuple[int, int]] = Field(default_factory=list, description=(
+        "Test only: detection is switched off on frames in these [start, end) ranges."))
+
+
+class Config(Strict):
+    camera: CameraConfig = CameraConfig()
+    detect: DetectConfig = DetectConfig()
+    landmarks: LandmarksConfig = LandmarksConfig()
+    track: TrackConfig = TrackConfig()
+    anonymize: AnonymizeConfig = AnonymizeConfig()
+    failsafe: FailsafeConfig = FailsafeConfig()
+    output: OutputConfig = OutputConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    log: LogConfig = LogConfig()
+    testing: TestingConfig = TestingConfig()
+
+
+class ConfigError(ValueError):
+    """The config file cannot be read or does not validate; the message names file and key."""
+
+
+def _format_errors(err: ValidationError, where: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{where}: unknown key '{key}'")
+        else:
+            lines.append(f"{where}: '{key}': {e['msg']}")
+    return "\n".join(lines)
+
+
+def validate(data: dict, where: str = "config") -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: the top level must be a mapping of sections")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, where)) from None
+
+
+def load(path: str | Path | None) -> Config:
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return validate(data, str(path))
+
+
+def override(cfg: Config, **dotted) -> Config:
+    """Return a copy with dotted keys replaced (e.g. {'camera.source': 'x.mp4'}), validated again."""
+    data = cfg.model_dump(mode="json")
+    for key, value in dotted.items():
+        if value is None:
+            continue
+        node = data
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return validate(data, "command line")
+
+
+def schema_json() -> str:
+    return json.dumps(Config.model_json_schema(), indent=2)

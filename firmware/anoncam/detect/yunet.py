@@ -1,0 +1,115 @@
+"""YuNet face detector (OpenCV zoo, 2023mar) on any backend, with a tiled pass for small faces."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+
+from ..backends import Backend, open_model
+from ..types import Detection
+from . import nms
+
+STRIDES = (8, 16, 32)
+
+
+def dynamic_yunet(path: Path) -> bytes:
+    """The shipped file fixes its input at 640x640; free H and W so any multiple of 32 runs."""
+    m = onnx.load(str(path))
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    for i, name in ((2, "H"), (3, "W")):
+        dims[i].ClearField("dim_value")
+        dims[i].dim_param = name
+    for out in m.graph.output:
+        d = out.type.tensor_type.shape.dim[1]
+        d.ClearField("dim_value")
+        d.dim_param = "N"
+    del m.graph.value_info[:]
+    return m.SerializeToString()
+
+
+def decode(outs: list[np.ndarray], h: int, w: int, score_thr: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """YuNet heads (cls, obj, bbox, kps per stride) -> boxes x1y1x2y2, scores, 5 keypoints."""
+    boxes, scores, kpss = [], [], []
+    for i, s in enumerate(STRIDES):
+        cls, obj, bbox, kps = outs[i][0, :, 0], outs[3 + i][0, :, 0], outs[6 + i][0], outs[9 + i][0]
+        score = np.sqrt(np.clip(cls, 0, 1) * np.clip(obj, 0, 1))
+        keep = np.where(score >= score_thr)[0]
+        if keep.size == 0:
+            continue
+        cols = w // s
+        r, c = np.divmod(keep, cols)
+        bb = bbox[keep]
+        cx, cy = (c + bb[:, 0]) * s, (r + bb[:, 1]) * s
+        bw, bh = np.exp(bb[:, 2]) * s, np.exp(bb[:, 3]) * s
+        boxes.append(np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1))
+        k = kps[keep].reshape(-1, 5, 2)
+        kpss.append(np.stack([(k[:, :, 0] + c[:, None]) * s, (k[:, :, 1] + r[:, None]) * s], 2))
+        scores.append(score[keep])
+    if not boxes:
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32)
+    return (np.concatenate(boxes).astype(np.float32), np.concatenate(scores).astype(np.float32),
+            np.concatenate(kpss).astype(np.float32))
+
+
+class YuNet:
+    def __init__(self, backend: Backend, size: int = 320, score_threshold: float = 0.6,
+                 nms_threshold: float = 0.3, tiles: int = 2):
+        self.backend = backend
+        self.size = size
+        self.score_threshold = score_threshold
+        self.nms_threshold = nms_threshold
+        self.tiles = tiles
+
+    @classmethod
+    def from_file(cls, path: Path, threads: int = 2, providers: list[str] | None = None, **kw) -> "YuNet":
+        return cls(open_model(dynamic_yunet(path), "onnx", threads=threads, providers=providers), **kw)
+
+    def _run(self, img: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        h, w = img.shape[:2]
+        scale = min(1.0, size / max(h, w)) if size else 1.0
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        small = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA) if scale < 1 else img
+        ph, pw = -(-nh // 32) * 32, -(-nw // 32) * 32
+        blob = np.zeros((1, 3, ph, pw), np.float32)
+        blob[0, :, :nh, :nw] = small.transpose(2, 0, 1)
+        boxes, scores, kps = decode(self.backend.run(blob), ph, pw, self.score_threshold)
+        return boxes / scale, scores, kps / scale
+
+    def tile_count(self, shape: tuple) -> int:
+        return self.tiles * self.tiles if self.tiles and max(shape[:2]) > 1.5 * self.size else 0
+
+    def _tile_rect(self, shape: tuple, t: int) -> tuple[int, int, int, int]:
+        h, w = shape[:2]
+        n = self.tiles
+        th, tw = int(h / n * 1.25), int(w / n * 1.25)  # 25 % overlap so no face is cut in every tile
+        r, c = divmod(t, n)
+        y0 = min(h - th, max(0, round(r * (h - th) / max(1, n - 1))))
+        x0 = min(w - tw, max(0, round(c * (w - tw) / max(1, n - 1))))
+        return x0, y0, x0 + tw, y0 + th
+
+    def detect(self, img: np.ndarray, tiles: str | int = "all") -> list[Detection]:
+        """Detect on the whole frame at `size`, plus tiles for small faces: all of them, one tile index
+        (video: one tile a frame in turn), or "none"."""
+        boxes, scores, kps = self._run(img, self.size)
+        parts = [(boxes, scores, kps)]
+        n = self.tile_count(img.shape)
+        todo = range(n) if tiles == "all" else ([tiles % n] if n and isinstance(tiles, int) else [])
+        for t in todo:
+            x0, y0, x1, y1 = self._tile_rect(img.shape, t)
+            b, s, k = self._run(img[y0:y1, x0:x1], self.size)
+            parts.append((b + [x0, y0, x0, y0], s, k + [x0, y0]))
+        boxes = np.concatenate([p[0] for p in parts])
+        scores = np.concatenate([p[1] for p in parts])
+        kps = np.concatenate([p[2] for p in parts])
+        keep = nms(boxes, scores, self.score_threshold, self.nms_threshold)
+        h, w = img.shape[:2]
+        out = []
+        for i in keep:
+            b = boxes[i].copy()
+            b[[0, 2]] = np.clip(b[[0, 2]], 0, w)
+            b[[1, 3]] = np.clip(b[[1, 3]], 0, h)
+            if b[2] - b[0] >= 2 and b[3] - b[1] >= 2:
+                out.append(Detection(box=b, score=float(scores[i]), kps=kps[i]))
+        return out

@@ -1,0 +1,147 @@
+"""detect -> track -> landmarks -> decide -> anonymize, one frame at a time, failing closed.
+
+The frame is anonymized in place: after `process` returns, the caller's array holds only anonymized
+pixels (or the whole frame is covered, or the result says it was dropped and its image is None).
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from . import assets
+from .anonymize import Anonymizer
+from .backends import open_model
+from .config import Config
+from .detect.facemesh import FaceMesh
+from .detect.yunet import YuNet
+from .policy import AnonymizeAll, Policy
+from .track import Tracker
+from .types import Face, FrameResult
+
+log = logging.getLogger(__name__)
+
+
+def valid_frame(frame) -> bool:
+    return (isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3
+            and frame.shape[2] == 3 and frame.shape[0] >= 8 and frame.shape[1] >= 8)
+
+
+class Pipeline:
+    def __init__(self, cfg: Config, detector: YuNet, mesh: FaceMesh | None, policy: Policy | None = None):
+        self.cfg = cfg
+        self.detector = detector
+        self.mesh = mesh
+        self.policy = policy or AnonymizeAll(cfg.anonymize.method)
+        self.anonymizer = Anonymizer(cfg.anonymize)
+        self.anonymizer.method_fn(cfg.anonymize.method)  # an unavailable method stops start-up
+        self.tracker = Tracker(cfg.track.iou_threshold, cfg.track.coast_frames, cfg.track.coast_grow)
+        self._det_runs = 0
+
+    @classmethod
+    def from_config(cls, cfg: Config, policy: Policy | None = None) -> "Pipeline":
+        """Load and verify the models; a missing or corrupt file raises AssetError (path, sha256)."""
+        rt = cfg.runtime
+        det = YuNet.from_file(assets.model_path(cfg.detect.model), threads=rt.threads,
+                              providers=rt.onnx_providers, size=cfg.detect.size,
+                              score_threshold=cfg.detect.score_threshold,
+                              nms_threshold=cfg.detect.nms_threshold, tiles=cfg.detect.tiles)
+        mesh = None
+        if cfg.landmarks.enabled:
+            backend = open_model(assets.model_path(cfg.landmarks.model), "tflite", threads=rt.threads,
+                                 delegate=rt.litert_delegate)
+            mesh = FaceMesh(backend, cfg.landmarks.score_threshold)
+        return cls(cfg, det, mesh, policy)
+
+    def reset(self) -> None:
+        """Forget all tracks (the next frame is unrelated to the last, e.g. another photo)."""
+        self.tracker.reset()
+
+    def _blind(self, index: int) -> bool:
+        return any(a <= index < b for a, b in self.cfg.testing.blind_frames)
+
+    def process(self, frame: np.ndarray, index: int, timestamp: float | None = None,
+                detect_frame: np.ndarray | None = None, still: bool = False) -> FrameResult:
+        """Anonymize `frame` in place. `detect_frame`: a smaller view of the same frame to detect on
+        (picamera2 lores). `still`: an independent photo (all tiles, no tracking history)."""
+        ts = time.time() if timestamp is None else timestamp
+        res = FrameResult(index=index, timestamp=ts, image=frame, status="ok")
+        if not valid_frame(frame):
+            res.image, res.status, res.reason = None, "dropped", "corrupt frame"
+            return res
+        t0 = time.perf_counter()
+        try:
+            res.faces = self._faces(frame, index, detect_frame, still, res.timings)
+            t = time.perf_counter()
+            self.policy.decide(frame, res.faces, res.sidecar)
+            for f in res.faces:
+                if f.method is not None:
+                    self.anonymizer.face(frame, f)
+            self.anonymizer.zones(frame)
+            res.timings["anonymize"] = (time.perf_counter() - t) * 1000
+        except Exception as e:  # fail closed on any fault, whatever it is
+            log.error("frame %d failed closed: %s: %s", index, type(e).__name__, e)
+            return self._fail(res, f"error: {type(e).__name__}")
+        total = (time.perf_counter() - t0) * 1000
+        if total > self.cfg.failsafe.budget_ms:
+            log.warning("frame %d over budget (%.0f ms > %.0f ms); failed closed", index, total,
+                        self.cfg.failsafe.budget_ms)
+            return self._fail(res, "over budget")
+        return res
+
+    def _fail(self, res: FrameResult, reason: str) -> FrameResult:
+        res.reason = reason
+        res.sidecar = {}
+        if self.cfg.failsafe.on_failure == "drop":
+            res.image, res.status = None, "dropped"
+        else:
+            self.anonymizer.cover_all(res.image)
+            res.status = "covered"
+        return res
+
+    def _faces(self, frame, index, detect_frame, still, timings) -> list[Face]:
+        cfg = self.cfg
+        if still:
+            self.tracker.reset()
+        run_det = still or (index % cfg.detect.every_n == 0 and not self._blind(index))
+        dets = None
+        t = time.perf_counter()
+        if run_det:
+            src = frame if detect_frame is None else detect_frame
+            dets = self.detector.detect(src, tiles="all" if still else self._det_runs)
+            self._det_runs += 1
+            if detect_frame is not None:
+                s = np.array([frame.shape[1] / src.shape[1], frame.shape[0] / src.shape[0]] * 2, np.float32)
+                for d in dets:
+                    d.box = d.box * s
+                    d.kps = d.kps * s[:2] if d.kps is not None else None
+        timings["detect"] = (time.perf_counter() - t) * 1000
+
+        t = time.perf_counter()
+        tracks = self.tracker.update(dets)
+        timings["track"] = (time.perf_counter() - t) * 1000
+
+        t = time.perf_counter()
+        faces = []
+        for tr in tracks:
+            if self.mesh is not None and max(tr.box[2:] - tr.box[:2]) >= cfg.landmarks.min_face:
+                self._landmarks(frame, tr, detected_now=run_det and tr.misses == 0)
+            else:
+                tr.landmarks = None
+            faces.append(Face(track_id=tr.id, box=tr.cover_box(cfg.track.coast_grow), detected=tr.seen,
+                              landmarks=tr.landmarks if tr.misses == 0 else None, kps=tr.kps, score=tr.score))
+        timings["landmarks"] = (time.perf_counter() - t) * 1000
+        return faces
+
+    def _landmarks(self, frame, tr, detected_now: bool) -> None:
+        """Run FaceMesh for a track; on frames the detector did not confirm, follow the face with it."""
+        if not detected_now and tr.landmarks is not None:
+            c, size, angle = FaceMesh.region_from_landmarks(tr.landmarks + tr.velocity[:2])
+        else:
+            c, size, angle = FaceMesh.region_from_box(tr.box, tr.kps)
+        pts, score = self.mesh.run(frame, c, size, angle)
+        tr.landmarks = pts
+        if pts is not None and not detected_now:
+            lo, hi = pts.min(0), pts.max(0)
+            Tracker.observe(tr, np.concatenate([lo, hi]), tr.score, None, from_detector=False)

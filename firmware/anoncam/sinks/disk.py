@@ -1,0 +1,111 @@
+"""Disk sink: anonymized JPEG stills and video segments, atomic writes, size/age/free-space retention.
+
+Layout: <dir>/<camera>/stills/<camera>_<UTC time>_<frame>.jpg
+        <dir>/<camera>/video/<camera>_<UTC time>.mp4   (+ .json sidecar when a frame carries one)
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from ..config import OutputConfig
+from ..types import FrameResult
+from .files import VideoFile, encode_image, write_atomic
+
+log = logging.getLogger(__name__)
+
+
+def _stamp(ts: float) -> str:
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(ts)) + f"{ts % 1:.3f}"[1:].replace(".", "_")
+
+
+class DiskSink:
+    def __init__(self, cfg: OutputConfig, camera: str, fps: float):
+        self.cfg, self.camera, self.fps = cfg, camera, fps
+        self.root = Path(cfg.dir) / camera
+        self.stills_dir, self.video_dir = self.root / "stills", self.root / "video"
+        for d in (self.stills_dir, self.video_dir):
+            d.mkdir(parents=True, exist_ok=True)
+            for stale in d.glob("*.part.*"):  # left by a crash; anonymized, but incomplete
+                stale.unlink(missing_ok=True)
+            for stale in d.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
+        self.video: VideoFile | None = None
+        self.sidecar: list[dict] = []
+        self._frames_in_segment = 0
+        self._last_still_frame: int | None = None
+        self.files_written = 0
+        self.files_deleted = 0
+
+    # frames ---------------------------------------------------------------------------------
+    def write(self, result: FrameResult) -> None:
+        if result.image is None:
+            return
+        img = result.image
+        if self.cfg.stills.enabled:
+            every = max(1, round(self.cfg.stills.every_s * self.fps))
+            if self._last_still_frame is None or result.index - self._last_still_frame >= every:
+                path = self.stills_dir / f"{self.camera}_{_stamp(result.timestamp)}_{result.index:08d}.jpg"
+                write_atomic(path, encode_image(img, ".jpg", self.cfg.stills.quality))
+                self._last_still_frame = result.index
+                self.files_written += 1
+                self.enforce_retention()
+        if self.cfg.video.enabled:
+            if self.video is None:
+                name = f"{self.camera}_{_stamp(result.timestamp)}{self.cfg.video.extension}"
+                self.video = VideoFile(self.video_dir / name, self.fps, (img.shape[1], img.shape[0]),
+                                       self.cfg.video.fourcc)
+                self._frames_in_segment = 0
+                self.sidecar = []
+            self.video.write(img)
+            if result.sidecar:
+                self.sidecar.append({"frame": self._frames_in_segment, **result.sidecar})
+            self._frames_in_segment += 1
+            if self._frames_in_segment >= round(self.cfg.video.segment_s * self.fps):
+                self._close_segment()
+
+    def _close_segment(self) -> None:
+        if self.video is None:
+            return
+        path = self.video.commit()
+        if self.sidecar:
+            write_atomic(path.with_suffix(".json"), json.dumps(self.sidecar).encode())
+        self.video = None
+        self.files_written += 1
+        log.info("segment written: %s (%d frames)", path.name, self._frames_in_segment)
+        self.enforce_retention()
+
+    def close(self) -> None:
+        self._close_segment()
+
+    # retention ------------------------------------------------------------------------------
+    def _outputs(self) -> list[tuple[float, int, Path]]:
+        files = []
+        for d in (self.stills_dir, self.video_dir):
+            for p in d.iterdir():
+                if p.is_file() and ".part." not in p.name and not p.name.startswith("."):
+                    st = p.stat()
+                    files.append((st.st_mtime, st.st_size, p))
+        return sorted(files)
+
+    def enforce_retention(self) -> None:
+        """Delete the oldest output while over the size cap, older than max age, or short of free space."""
+        r = self.cfg.retention
+        files = self._outputs()
+        total = sum(s for _, s, _ in files)
+        now = time.time()
+        for mtime, size, path in files:
+            free = shutil.disk_usage(self.root).free
+            too_old = r.max_age_h is not None and now - mtime > r.max_age_h * 3600
+            if not (total > r.max_bytes or too_old or free < r.min_free_bytes):
+                break
+            why = "size cap" if total > r.max_bytes else ("age" if too_old else "free space")
+            path.unlink(missing_ok=True)
+            if path.suffix != ".json":
+                path.with_suffix(".json").unlink(missing_ok=True)
+            total -= size
+            self.files_deleted += 1
+            log.info("retention (%s): deleted %s", why, path.name)

@@ -1,0 +1,70 @@
+"""Atomic file writing: stills are written to a hidden temp name in the target folder and renamed;
+videos are written to STEM.part.EXT and renamed when complete. A crash leaves no half file under the
+final name (and what a .part holds is anonymized already)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+FOURCC_BY_EXT = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v",
+                 ".webm": "VP80"}
+
+
+def encode_image(img: np.ndarray, ext: str, quality: int = 90) -> bytes:
+    params = []
+    if ext.lower() in (".jpg", ".jpeg"):
+        params = [cv2.IMWRITE_JPEG_QUALITY, quality]
+    elif ext.lower() == ".webp":
+        params = [cv2.IMWRITE_WEBP_QUALITY, quality]
+    ok, buf = cv2.imencode(ext, img, params)
+    if not ok:
+        raise ValueError(f"cannot encode an image as {ext}")
+    return buf.tobytes()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class VideoFile:
+    """A video written to STEM.part.EXT (the container follows the extension) and renamed to PATH by commit(); abort() removes it."""
+
+    def __init__(self, path: Path, fps: float, size: tuple[int, int], fourcc: str | None = None):
+        self.path = Path(path)
+        self.part = self.path.with_name(f"{self.path.stem}.part{self.path.suffix}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        code = fourcc or FOURCC_BY_EXT.get(self.path.suffix.lower(), "mp4v")
+        self.writer = cv2.VideoWriter()
+        ok = self.writer.open(str(self.part), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*code), fps, size)
+        if not ok:
+            self.part.unlink(missing_ok=True)
+            raise ValueError(f"{self.path}: cannot write video ({code} at {size[0]}x{size[1]})")
+        self.size = size
+        self.frames = 0
+
+    def write(self, img: np.ndarray) -> None:
+        if (img.shape[1], img.shape[0]) != self.size:
+            img = cv2.resize(img, self.size)
+        self.writer.write(img)
+        self.frames += 1
+
+    def commit(self) -> Path:
+        self.writer.release()
+        os.replace(self.part, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        self.writer.release()
+        self.part.unlink(missing_ok=True)
