@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from . import assets, logs
@@ -15,7 +17,8 @@ METHODS = ["blur", "pixelate", "solid", "generative"]
 
 def _config(args) -> Config:
     cfg = load(getattr(args, "config", None))
-    return override(cfg, **{"anonymize.method": getattr(args, "method", None)})
+    return override(cfg, **{"anonymize.method": getattr(args, "method", None),
+                            "runtime.threads": getattr(args, "threads", None)})
 
 
 def cmd_run(args) -> int:
@@ -44,6 +47,10 @@ def cmd_anonymize(args) -> int:
     s = report.stats.counts
     print(f"written {len(report.written)} file(s), failed {len(report.failed)}; frames {s['frames']}, "
           f"faces {s['faces']}, covered {s['covered']}, dropped {s['dropped']}", file=sys.stderr)
+    if args.stats:
+        summary = report.stats.summary()
+        summary["wall_s"] = round(time.monotonic() - report.stats.started, 3)
+        Path(args.stats).write_text(json.dumps(summary, indent=2))
     return 1 if report.failed else 0
 
 
@@ -96,6 +103,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--output", help="override output.dir")
     r.add_argument("--method", choices=METHODS, help="override anonymize.method")
     r.add_argument("--max-frames", type=int, help="stop after this many frames")
+    r.add_argument("--threads", type=int, help="override runtime.threads")
     r.add_argument("--no-realtime", action="store_true", help="read file sources once, as fast as possible")
     r.set_defaults(fn=cmd_run)
 
@@ -105,6 +113,8 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--method", choices=METHODS, help="override anonymize.method")
     a.add_argument("--config", help="YAML config file")
     a.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    a.add_argument("--threads", type=int, help="override runtime.threads")
+    a.add_argument("--stats", help="write frame counts and per-stage ms (p50/p95) as JSON to this file")
     a.set_defaults(fn=cmd_anonymize)
 
     for name, fn, what in (("models", cmd_models, "models"), ("samples", cmd_samples, "sample media")):
