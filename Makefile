@@ -8,7 +8,6 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
@@ -18,8 +17,10 @@ fetch: $(STAMP)
 	$(BIN)/anoncam models fetch
 	$(BIN)/anoncam samples fetch franck
 
-# The demo: the sample clip looped as the camera, anonymized output under ./out, a summary line
-# every few seconds. Ctrl-C stops it cleanly. RUN_ARGS="--max-frames 300" for a short run.
+# The demo: the sample clip looped as the camera (paced at its 24 fps), anonymized output under ./out,
+# a summary line every few seconds; stops after about a minute. `make run RUN_ARGS=` runs until
+# Ctrl-C (a clean stop).
+RUN_ARGS ?= --max-frames 1500
 run: fetch
 	$(BIN)/anoncam run --output out $(RUN_ARGS)
 

@@ -104,10 +104,12 @@ class Pipeline:
         cfg = self.cfg
         if still:
             self.tracker.reset()
-        run_det = still or (index % cfg.detect.every_n == 0 and not self._blind(index))
+        run_det = still or index % cfg.detect.every_n == 0
         dets = None
         t = time.perf_counter()
-        if run_det:
+        if run_det and self._blind(index):
+            dets = []  # test only: as if the detector ran and missed every face
+        elif run_det:
             src = frame if detect_frame is None else detect_frame
             dets = self.detector.detect(src, tiles="all" if still else self._det_runs)
             self._det_runs += 1
@@ -135,7 +137,8 @@ class Pipeline:
         return faces
 
     def _landmarks(self, frame, tr, detected_now: bool) -> None:
-        """Run FaceMesh for a track; on frames the detector did not confirm, follow the face with it."""
+        """Run FaceMesh for a track. Where the detector did not see the face in this frame, FaceMesh
+        follows it from its last landmarks and keeps the track alive while it finds a face there."""
         if not detected_now and tr.landmarks is not None:
             c, size, angle = FaceMesh.region_from_landmarks(tr.landmarks + tr.velocity[:2])
         else:
@@ -143,5 +146,6 @@ class Pipeline:
         pts, score = self.mesh.run(frame, c, size, angle)
         tr.landmarks = pts
         if pts is not None and not detected_now:
+            # FaceMesh still sees the face: follow it, and count it as seen so it is not dropped
             lo, hi = pts.min(0), pts.max(0)
-            Tracker.observe(tr, np.concatenate([lo, hi]), tr.score, None, from_detector=False)
+            Tracker.observe(tr, np.concatenate([lo, hi]), tr.score, None)

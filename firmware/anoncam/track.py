@@ -25,7 +25,7 @@ class Track:
     kps: np.ndarray | None = None
     landmarks: np.ndarray | None = None
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(4, np.float32))
-    misses: int = 0          # detector runs in a row that did not see it
+    misses: int = 0          # frames in a row in which neither the detector nor FaceMesh saw it
     age: int = 0             # frames since creation
     seen: bool = True        # seen in the current frame (detector or mesh)
 
@@ -85,9 +85,8 @@ class Tracker:
         return self.tracks
 
     @staticmethod
-    def observe(t: Track, box: np.ndarray, score: float, kps: np.ndarray | None, from_detector: bool = True
-                ) -> None:
-        """A new sighting of a track: update box, velocity (smoothed) and, for the detector, misses."""
+    def observe(t: Track, box: np.ndarray, score: float, kps: np.ndarray | None) -> None:
+        """A new sighting of a track (detector or FaceMesh): update box and smoothed velocity."""
         step = box - (t.box - t.velocity)
         t.velocity = (0.5 * t.velocity + 0.5 * step).astype(np.float32)
         t.box = box.astype(np.float32)
@@ -95,5 +94,4 @@ class Tracker:
         if kps is not None:
             t.kps = kps
         t.seen = True
-        if from_detector:
-            t.misses = 0
+        t.misses = 0

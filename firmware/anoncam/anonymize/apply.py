@@ -37,8 +37,8 @@ class Anonymizer:
         region = frame[y0:y1, x0:x1]
         repl = fn(region, face_px / self.cfg.mask_scale, sigma_frac=self.cfg.blur_sigma,
                   blocks=self.cfg.pixelate_blocks, color=self.cfg.solid_color)
-        m = feathered(poly, roi, feather)[..., None]
-        region[:] = (region * (1 - m) + repl * m + 0.5).astype(np.uint8)
+        m = feathered(poly, roi, feather)
+        region[:] = cv2.blendLinear(repl, region, m, 1.0 - m)
 
     def zones(self, frame: np.ndarray) -> None:
         if not self.cfg.privacy_zones:

@@ -32,13 +32,20 @@ def roi_for(poly: np.ndarray, margin: float, shape: tuple) -> tuple[int, int, in
 
 def feathered(poly: np.ndarray, roi: tuple[int, int, int, int], feather_px: float) -> np.ndarray:
     """Float mask in the ROI, 1 inside the polygon; the soft edge lies outside it, so the polygon
-    itself stays fully covered."""
+    itself stays fully covered. Drawn at low resolution (a soft mask loses nothing) and scaled up."""
     x0, y0, x1, y1 = roi
-    mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
-    k = max(1, int(round(feather_px)))
-    cv2.fillPoly(mask, [np.round(poly - [x0, y0]).astype(np.int32)], 255)
-    if k > 1:
-        grown = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-        soft = cv2.GaussianBlur(grown, (0, 0), k / 3)
-        mask = np.maximum(mask, soft)
-    return mask.astype(np.float32) / 255.0
+    w, h = x1 - x0, y1 - y0
+    f = min(1.0, 48.0 / max(w, h))
+    sw, sh = max(2, round(w * f)), max(2, round(h * f))
+    small = np.zeros((sh, sw), np.uint8)
+    cv2.fillPoly(small, [np.round((poly - [x0, y0]) * [sw / w, sh / h] * 16).astype(np.int32)], 255,
+                 shift=4)
+    k = feather_px * f
+    if k >= 1:
+        grown = cv2.dilate(small, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * round(k / 2) + 1,) * 2))
+        small = np.maximum(small, cv2.GaussianBlur(grown, (0, 0), max(0.5, k / 3)))
+    mask = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
+    inside = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(inside, [np.round(poly - [x0, y0]).astype(np.int32)], 1)
+    np.maximum(mask, inside, out=mask)  # full cover inside the polygon, at full resolution
+    return mask
