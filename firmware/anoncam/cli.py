@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import assets, logs
+from . import assets, logs, notify
 from .config import Config, ConfigError, load, override, schema_json
 
 log = logging.getLogger("anoncam")
@@ -28,7 +28,9 @@ def cmd_run(args) -> int:
         cfg = override(cfg, **{"camera.realtime": False, "camera.loop": False})
     logs.setup(cfg.log.level, cfg.log.format)
     runner = Runner(cfg)
+    notifier = notify.attach(runner)  # systemd: READY=1, WATCHDOG=1, STATUS= from the frame loop
     stats = runner.run(max_frames=args.max_frames)
+    notifier.send("STOPPING=1")
     return 0 if stats.counts["frames"] else 1
 
 

@@ -26,6 +26,13 @@ def no_core_dumps() -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     except (ValueError, OSError):
         pass
+    # A core_pattern pipe (systemd-coredump, apport) ignores RLIMIT_CORE; a non-dumpable process is
+    # never dumped at all (and cannot be ptrace-attached by its own user).
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0
+    except (OSError, AttributeError):
+        pass
 
 
 class Runner:
