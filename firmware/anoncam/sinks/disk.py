@@ -42,6 +42,18 @@ class DiskSink:
 
     # frames ---------------------------------------------------------------------------------
     def write(self, result: FrameResult) -> None:
+        try:
+            self._write(result)
+        except Exception:
+            # A full disk fails every write, and retention otherwise only runs after a good one:
+            # free space now so the next frame can be written, then report the failure.
+            try:
+                self.enforce_retention()
+            except OSError as e:
+                log.error("retention failed: %s", e)
+            raise
+
+    def _write(self, result: FrameResult) -> None:
         if result.image is None:
             return
         img = result.image
