@@ -3,7 +3,6 @@ import hashlib
 import shutil
 
 import pytest
-
 from anoncam import assets
 
 
