@@ -133,9 +133,10 @@ def markdown(rep: dict) -> str:
               "distinction and no int8 variant to measure.", ""]
     for name, m in rep["methods"].items():
         if m["available"] and name not in NO_MODEL:
-            lines.append(f"- {name}: precision {m['speed']['precision']}")
+            lines.append(f"- {name}: precision {m['speed']['precision']} (a method states it as its `precision` "
+                         "attribute)")
     gen = rep["methods"].get("generative")
-    lines += ["## Targets of issue 3 (generative)", ""]
+    lines += ["", "## Targets of issue 3 (generative)", ""]
     if gen and gen["available"]:
         entry = {"orl": gen["orl"], "franck": gen["franck"], "speed": gen["speed"]}
         lines += ["| target | value | met |", "|---|---|---|"]
@@ -202,10 +203,11 @@ def _panel(img, rect, points, xlabel, ylabel, ymax, ypct, chance) -> None:
     cx = int(x0 + chance * w)
     for y in range(y0, y0 + h, 8):
         cv2.line(img, (cx, y), (cx, y + 4), (150, 150, 150), 1)
-    _text(img, "chance", (cx + 3, y0 + h - 8), 0.4, (120, 120, 120))
+    cy = y0 + h // 2
+    _text(img, "chance", (cx + 3, cy), 0.4, (120, 120, 120))
     _text(img, xlabel, (x0 + w // 2 - 110, y0 + h + 42), 0.5)
     _text(img, ylabel, (x0, y0 - 10), 0.5)
-    placed: list[tuple[int, int, int, int]] = []
+    placed: list[tuple[int, int, int, int]] = [(cx + 3, cy - 10, cx + 50, cy + 3)]  # the "chance" label
     for x, y, label in points:
         if x is None or y is None:
             continue
