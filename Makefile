@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup fetch bench lint clean
+.PHONY: run test setup fetch bench lint clean quantize tflite
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,17 @@ test: $(STAMP)
 
 bench: fetch
 	$(BIN)/python bench/anonymize_vs_deface.py
+
+# int8 ONNX of every model (drift report and gate each) into the cache; see quantize/README.md
+quantize: $(STAMP)
+	$(BIN)/anoncam models fetch
+	$(BIN)/python -m quantize build
+
+# Full-integer int8 TFLite via onnx2tf in its own tools venv under the cache (tensorflow, ~2.6 GB;
+# never the device runtime)
+tflite: $(STAMP)
+	$(BIN)/anoncam models fetch
+	$(BIN)/python -m quantize tflite yunet
 
 lint: $(STAMP)
 	$(BIN)/ruff check firmware tests quantize bench
