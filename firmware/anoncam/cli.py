@@ -26,6 +26,9 @@ def cmd_run(args) -> int:
     cfg = override(_config(args), **{"camera.source": args.source, "output.dir": args.output})
     if args.no_realtime:
         cfg = override(cfg, **{"camera.realtime": False, "camera.loop": False})
+    if args.mqtt:
+        from .mqtt.url import parse_url
+        cfg = override(cfg, **parse_url(args.mqtt))
     logs.setup(cfg.log.level, cfg.log.format)
     runner = Runner(cfg)
     notifier = notify.attach(runner)  # systemd: READY=1, WATCHDOG=1, STATUS= from the frame loop
@@ -160,6 +163,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--max-frames", type=int, help="stop after this many frames")
     r.add_argument("--threads", type=int, help="override runtime.threads")
     r.add_argument("--no-realtime", action="store_true", help="read file sources once, as fast as possible")
+    r.add_argument("--mqtt", metavar="URL", help="publish to this broker: mqtt://[user@]host[:port] (mqtts:// "
+                   "for TLS); the password comes from mqtt.password_file or ANONCAM_MQTT_PASSWORD, never from here")
     r.set_defaults(fn=cmd_run)
 
     a = sub.add_parser("anonymize", help="anonymize image and video files")

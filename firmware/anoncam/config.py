@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Method = Literal["blur", "pixelate", "solid", "generative"]
 
@@ -125,6 +125,70 @@ class LogConfig(Strict):
     summary_every_s: float = Field(5.0, gt=0, description="Seconds between summary lines.")
 
 
+class MqttTlsConfig(Strict):
+    enabled: bool = Field(False, description="Connect over TLS (the broker's port is usually 8883).")
+    ca: Path | None = Field(None, description="CA certificate file; the system CAs when null.")
+    cert: Path | None = Field(None, description="Client certificate file (set with `key`).")
+    key: Path | None = Field(None, description="Client private key file (set with `cert`).")
+    insecure: bool = Field(False, description="Do not check the broker's certificate or host name (testing only).")
+
+    @model_validator(mode="after")
+    def _pair(self):
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together: set both or neither")
+        return self
+
+
+class MqttSnapshotConfig(Strict):
+    enabled: bool = Field(True, description="Publish anonymized JPEG snapshots.")
+    every_s: float = Field(1.0, ge=0, description="At most one snapshot every this many seconds (0: every frame).")
+    max_width: int = Field(640, ge=32, description="Wider snapshots are scaled down to this width.")
+    quality: int = Field(80, ge=10, le=100, description="JPEG quality.")
+
+
+class MqttSpoolConfig(Strict):
+    dir: Path | None = Field(None, description=(
+        "Where events and snapshots wait while the broker is unreachable; null: <output.dir>/<camera>/mqtt-spool."))
+    max_bytes: int = Field(50_000_000, gt=0, description="Spool size cap; the oldest messages are dropped first.")
+
+
+class MqttDiscoveryConfig(Strict):
+    enabled: bool = Field(True, description="Publish Home Assistant MQTT discovery (retained).")
+    prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+
+
+class MqttConfig(Strict):
+    enabled: bool = Field(False, description="Publish to an MQTT broker (`anoncam run --mqtt URL` turns it on).")
+    host: str = Field("localhost", min_length=1)
+    port: int = Field(1883, ge=1, le=65535)
+    client_id: str | None = Field(None, description="MQTT client id; null: anoncam-<camera>.")
+    prefix: str = Field("anoncam", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$", description="Topic prefix.")
+    username: str | None = Field(None, description="Login name; the password comes from password_file or "
+                                 "the ANONCAM_MQTT_PASSWORD environment variable, never from the command line.")
+    password_file: Path | None = Field(None, description="File holding the password (first line).")
+    tls: MqttTlsConfig = MqttTlsConfig()
+    qos: int = Field(1, ge=0, le=2, description="QoS of events and snapshots (store-and-forward needs 1 or 2).")
+    keepalive: int = Field(30, ge=5, le=3600, description="Seconds; the broker publishes the last will after 1.5x.")
+    reconnect_min_s: float = Field(1.0, gt=0, description="First reconnect delay; doubles up to reconnect_max_s.")
+    reconnect_max_s: float = Field(30.0, gt=0)
+    queue_size: int = Field(256, ge=8, description="Messages waiting between the camera loop and the network; "
+                            "beyond it messages are dropped and counted.")
+    stats_every_s: float = Field(10.0, gt=0, description="Seconds between stats messages.")
+    event_update_every_s: float = Field(1.0, ge=0, description="At most one update event per face track this "
+                                        "often (0: every frame).")
+    commands: bool = Field(True, description="Accept <prefix>/<camera>/<setting>/set commands.")
+    close_timeout_s: float = Field(10.0, ge=0, description="On stop, wait this long to deliver what is queued.")
+    snapshot: MqttSnapshotConfig = MqttSnapshotConfig()
+    spool: MqttSpoolConfig = MqttSpoolConfig()
+    discovery: MqttDiscoveryConfig = MqttDiscoveryConfig()
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
+        return self
+
+
 class TestingConfig(Strict):
     blind_frames: list[tuple[int, int]] = Field(default_factory=list, description=(
         "Test only: detection is switched off on frames in these [start, end) ranges."))
@@ -140,6 +204,7 @@ class Config(Strict):
     output: OutputConfig = OutputConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     log: LogConfig = LogConfig()
+    mqtt: MqttConfig = MqttConfig()
     testing: TestingConfig = TestingConfig()
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import queue
 import resource
 import signal
 import sys
@@ -48,9 +49,33 @@ class Runner:
         self.stop_event = threading.Event()
         self.on_frame: list[Callable[[FrameResult, Stats], None]] = []  # e.g. the systemd watchdog
         self.sink_errors = 0
+        self.output_enabled = True  # False pauses every sink; frames are still read and anonymized
+        self.commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()  # run between frames
+        if cfg.mqtt.enabled and sinks is None:
+            from .mqtt.sink import MqttSink
+            self.sinks.append(MqttSink(cfg, self))
 
     def stop(self, *_args) -> None:
         self.stop_event.set()
+
+    def set_method(self, name: str) -> None:
+        """Switch the anonymization method (raises if it is not available; never turns it off)."""
+        self.pipeline.anonymizer.method_fn(name)
+        if not hasattr(self.pipeline.policy, "method"):
+            raise RuntimeError(f"the {type(self.pipeline.policy).__name__} policy has no method to switch")
+        self.cfg.anonymize.method = self.pipeline.cfg.anonymize.method = name
+        self.pipeline.policy.method = name
+
+    def _apply_commands(self) -> None:
+        while True:
+            try:
+                fn = self.commands.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                fn()
+            except Exception as e:
+                log.error("command failed: %s: %s", type(e).__name__, e)
 
     def run(self, max_frames: int | None = None) -> Stats:
         no_core_dumps()
@@ -62,6 +87,7 @@ class Runner:
         it = iter(self.source)
         try:
             while not self.stop_event.is_set():
+                self._apply_commands()
                 if max_frames is not None and self.stats.counts["frames"] >= max_frames:
                     break
                 t = time.perf_counter()
@@ -79,7 +105,7 @@ class Runner:
                     result = self.pipeline.process(frame.image, frame.index, frame.timestamp)
                 result.timings["decode"] = decode_ms
                 t = time.perf_counter()
-                for sink in self.sinks:
+                for sink in (self.sinks if self.output_enabled else []):
                     try:
                         sink.write(result)
                     except Exception as e:  # a failing sink must not stop the camera

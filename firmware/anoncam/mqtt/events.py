@@ -1,0 +1,50 @@
+"""Face-track events from FrameResult.faces: appear, update (rate-limited), end.
+
+An event carries the track id, its box in frame pixels, the covering method, whether the detector saw
+the face in this frame, and times. Never image data, embeddings or anything about who a person is."""
+from __future__ import annotations
+
+from ..types import Face, FrameResult
+
+
+class TrackEvents:
+    def __init__(self, update_every_s: float):
+        self.update_every_s = update_every_s
+        self.open: dict[int, dict] = {}  # track id -> start ts, last sent ts, frames, last face fields
+
+    @staticmethod
+    def _face(f: Face) -> dict:
+        return {"track_id": int(f.track_id), "box": [round(float(v)) for v in f.box[:4]],
+                "method": f.method, "detected": bool(f.detected)}
+
+    def frame(self, result: FrameResult) -> list[dict]:
+        """Events for one processed frame (call only for frames whose faces are known)."""
+        ts, out, seen = round(result.timestamp, 3), [], set()
+        size = [int(result.image.shape[1]), int(result.image.shape[0])] if result.image is not None else None
+        for f in result.faces:
+            face = self._face(f)
+            seen.add(face["track_id"])
+            t = self.open.get(face["track_id"])
+            base = {"ts": ts, "frame": result.index, "frame_size": size, **face}
+            if t is None:
+                self.open[face["track_id"]] = {"start": ts, "sent": ts, "frames": 1, "last": base}
+                out.append({"type": "appear", **base})
+                continue
+            t["frames"] += 1
+            t["last"] = base
+            if ts - t["sent"] >= self.update_every_s:
+                t["sent"] = ts
+                out.append({"type": "update", **base, "start_ts": t["start"]})
+        for tid in [t for t in self.open if t not in seen]:
+            out.append(self._end(tid, ts, result.index, "gone"))
+        return out
+
+    def end_all(self, ts: float, index: int, reason: str) -> list[dict]:
+        return [self._end(tid, ts, index, reason) for tid in list(self.open)]
+
+    def _end(self, tid: int, ts: float, index: int, reason: str) -> dict:
+        t = self.open.pop(tid)
+        last = t["last"]
+        return {"type": "end", **last, "ts": ts, "frame": index, "start_ts": t["start"],
+                "last_seen_ts": last["ts"], "duration_s": round(last["ts"] - t["start"], 3),
+                "frames": t["frames"], "reason": reason}
