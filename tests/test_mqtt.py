@@ -464,6 +464,42 @@ def test_no_queue_blocking_overflow_is_counted(media, tmp_path, broker):
     sub.close()
 
 
+def test_broker_down_at_start_spool_survives_restart(media, tmp_path):
+    """No broker at start: the camera runs anyway and spools; the spool outlives the process and is sent,
+    oldest first, by the next run once the broker is there."""
+    from anoncam.runner import Runner
+    b = Broker(tmp_path / "broker")  # its port is free, nothing listens yet
+
+    def run(frames: int) -> str:
+        cfg = validate({"camera": {"name": CAM, "source": str(media[CLIP]), "loop": False, "realtime": False},
+                        "output": {"dir": str(tmp_path / "out"), "stills": {"enabled": False},
+                                   "video": {"enabled": False}},
+                        "mqtt": {"enabled": True, "host": "127.0.0.1", "port": b.port, "close_timeout_s": 5,
+                                 "event_update_every_s": 0, "snapshot": {"every_s": 0}}})
+        runner = Runner(cfg)
+        runner.run(max_frames=frames)
+        return runner.sinks[-1].run_id
+
+    first = run(15)
+    spool = tmp_path / "out" / CAM / "mqtt-spool"
+    left = sorted(spool.glob("*.msg"))
+    assert len(left) >= 30  # 15 snapshots, 15+ events
+    b.start()
+    try:
+        sub = Sub(b.port, topics=(f"{BASE}/events", f"{BASE}/snapshot"))
+        second = run(5)
+        assert sub.wait(lambda: any(e["run_id"] == second and e["type"] == "end" for e in sub.events()), 10)
+        runs = [e["run_id"] for e in sub.events()]
+        assert runs == [first] * runs.count(first) + [second] * runs.count(second), "earlier run first"
+        old = [e["seq"] for e in sub.events() if e["run_id"] == first]
+        assert old == list(range(1, len(old) + 1)) and len(old) >= 16
+        assert len(sub.on(f"{BASE}/snapshot")) == 20
+        assert list(spool.glob("*.msg")) == []
+        sub.close()
+    finally:
+        b.stop()
+
+
 # --- TLS and logins ---------------------------------------------------------------------------------
 def _cert(subject: str, key, issuer=None, issuer_key=None, ca=False, san=None):
     now = datetime.datetime.now(datetime.timezone.utc)

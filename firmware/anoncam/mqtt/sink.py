@@ -294,7 +294,8 @@ class MqttSink:
             except Exception as e:
                 log.error("mqtt: sending the spool failed: %s: %s", type(e).__name__, e)
             if stop_at is not None and self.q.empty() and (
-                    (not len(self.spool) and not self._sent) or time.monotonic() > stop_at):
+                    not self._sent and (not len(self.spool) or not self._connected.is_set())  # all sent or on disk
+                    or time.monotonic() > stop_at):
                 return
 
     def _stale(self) -> bool:
