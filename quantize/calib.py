@@ -13,7 +13,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
 from anoncam import assets
 
 CLIPS = ("franck", "cap12", "cap13")

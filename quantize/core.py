@@ -7,20 +7,24 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
 import onnx.version_converter
 import onnxruntime as ort
-from onnx import numpy_helper
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
-from onnxruntime.quantization import quantize_static
-from onnxruntime.quantization.shape_inference import quant_pre_process
-
 from anoncam import assets, precision
+from onnx import numpy_helper
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from . import drift
 

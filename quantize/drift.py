@@ -15,7 +15,6 @@ import time
 import cv2
 import numpy as np
 import onnx
-
 from anoncam import assets
 from anoncam.detect import iou
 
@@ -200,7 +199,7 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     vals = []
     for ch in range(a.shape[2]):
         x, y = a[..., ch].astype(np.float64), b[..., ch].astype(np.float64)
-        blur = lambda z: cv2.GaussianBlur(z, (11, 11), 1.5)  # noqa: E731
+        blur = lambda z: cv2.GaussianBlur(z, (11, 11), 1.5)
         mx, my = blur(x), blur(y)
         sxx, syy, sxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
         s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-
 from anoncam import assets
 
 ONNX2TF = "1.29.24"
@@ -101,13 +100,14 @@ def integer_path_report(tfl: Path) -> dict:
 
 def tflite_drift(tfl: Path, fp32: onnx.ModelProto) -> dict:
     """Detection drift of the TFLite detector against the fp32 ONNX, as for the ONNX int8 build."""
-    from . import drift
     from anoncam.detect.yunet_tflite import YuNetTFLite
+
+    from . import drift
     return drift.detector_drift(drift._Session(fp32), YuNetTFLite(tfl, threads=1), latency=False)
 
 
 def build(name: str = "yunet", log=print) -> dict:
-    from . import calib, core, drift
+    from . import core, drift
     if name not in SHAPES:
         raise core.QuantizeError(f"tflite: only {', '.join(SHAPES)} is set up (fixed input shape needed)")
     bin_dir = ensure_venv(log)

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from anoncam import bench
 
 SHORT = ["--sizes", "320x240", "--faces", "3", "--precision", "int8", "--threads", "1", "--frames", "6",
@@ -42,7 +41,7 @@ def _check_run(r):
     assert 0 < e["p50"] <= e["p95"] <= e["p99"]
     assert r["stages"]["detect"]["p50"] > 0 and r["stages"]["encode"]["p50"] > 0
     assert 50 < r["peak_rss_mb"] < 4000
-    assert r["faces_found_mean"] >= 1
+    assert 2 <= r["faces_found_mean"] <= 3  # the clip's face + 2 composited (tiles find the rest in turn)
     assert r["detector"]["anoncam.precision"] == "int8"  # what was loaded, not what was asked
 
 

@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 import pytest
+from anoncam import assets, precision
 
 import quantize
-from anoncam import assets, precision
 from quantize import core, drift
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]

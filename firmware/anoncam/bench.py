@@ -54,10 +54,13 @@ def face_crops(n: int):
     """n face crops (square, 1.5x the detected box) from the group photos, in a fixed order."""
     import cv2
     import numpy as np
+
     from . import assets
     from .detect.yunet import YuNet
-    det = YuNet.from_file(assets.model_path("yunet"), threads=1, size=640, tiles=2)
     crops = []
+    if n <= 0:
+        return crops
+    det = YuNet.from_file(assets.model_path("yunet"), threads=1, size=640, tiles=2)
     for name in ("group1", "group2", "group3", "group4", "group5", "group6"):
         img = cv2.imread(str(assets.media_path(name)))
         good = [d for d in det.detect(img, tiles="all") if d.score >= 0.9 and d.size >= 100]
@@ -109,9 +112,10 @@ def worker(a) -> dict:
     """Run one configuration in this process; return its run record."""
     import cv2
     import numpy as np
+
     from . import assets, precision
     from .anonymize import methods
-    from .config import override, load
+    from .config import load, override
     from .pipeline import Pipeline
     from .sinks.files import VideoFile, encode_image
     cv2.setNumThreads(a.threads)
@@ -251,7 +255,7 @@ def table(res: dict) -> str:
                   "", "| run | reference run | e2e | " + " | ".join(STAGES) + " |", "|---" * (3 + len(STAGES)) + "|"]
         for c in res["comparison"]:
             rr = c["ratio_p50"]
-            f = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+            f = lambda v: "-" if v is None else f"{v:.2f}"
             lines.append(f"| {c['run']} | {c['reference_run']} | {f(rr['e2e'])} | "
                          + " | ".join(f(rr[s]) for s in STAGES) + " |")
     b = res.get("budget")
