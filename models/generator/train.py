@@ -42,7 +42,8 @@ def conv(cin, cout, stride=1):
 
 class Generator(nn.Module):
     """U-Net, conv3x3 + ReLU, stride-2 convs down, nearest upsample + conv up (no ConvTranspose).
-    Output: the covered region rendered (grid + residual, clipped to 0..1), the context elsewhere."""
+    Output: the covered region rendered (recoloured identity + residual, clipped to 0..1), the
+    context elsewhere."""
 
     def __init__(self, w=(24, 48, 96, 160)):
         super().__init__()
@@ -70,8 +71,9 @@ class Generator(nn.Module):
         d = self.d2(torch.cat([self.up(d), e2], 1))
         d = self.d1(torch.cat([self.up(d), e1], 1))
         d = self.d0(torch.cat([self.up(d), x], 1))
-        grid, ctx, cover = x[:, 4:7], x[:, 7:10], x[:, 10:11]
-        face = torch.clamp(grid + self.out(d), 0.0, 1.0)
+        tex, valid, grid, ctx, cover = x[:, 0:3], x[:, 3:4], x[:, 4:7], x[:, 7:10], x[:, 10:11]
+        base = valid * tex + (1.0 - valid) * grid  # the recoloured identity, the grid where it has none
+        face = torch.clamp(base + self.out(d), 0.0, 1.0)
         return cover * face + (1.0 - cover) * ctx
 
 

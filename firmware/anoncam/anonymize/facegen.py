@@ -7,14 +7,17 @@ frame; they are moved onto a face's mesh by a piecewise-affine warp over a fixed
 the mean shape plus two rings of helper points outside the face.
 
 The generator's input (`generator_input`), channels first, all in [0, 1]:
-  0-2  the synthetic identity's texture warped onto this face's mesh (RGB), zero where invalid
-  3    validity of 0-2 (inside the identity's face oval, outside this face's open mouth)
-  4-6  this face's lighting: a 4x4 grid of mean RGB over the covered region, bilinearly upsampled
-  7-9  this crop with the covered region (face oval grown by mask_scale) set to zero (RGB)
+  0-2  the synthetic identity's texture warped onto this face's mesh, recoloured cell by cell to
+       this face's 4x4 grid (BGR), zero where invalid
+  3    validity of 0-2 (inside the identity's face oval x1.1, outside this face's open mouth)
+  4-6  this face's lighting: a 4x4 grid of mean BGR over its face oval x1.1, bilinearly upsampled
+  7-9  this crop with the covered region (face oval grown by mask_scale) set to zero (BGR)
   10   the covered region (1 inside)
 Nothing else of the original face reaches the generator.
 """
 from __future__ import annotations
+
+import warnings
 
 import cv2
 import numpy as np
@@ -24,6 +27,7 @@ from ..detect.facemesh import FACE_OVAL
 SIZE = 128
 OVAL_HEIGHT = 76.0  # forehead (10) to chin (152) in the canonical crop
 GRID = 4
+SHAPE_PULL = 1.0  # run time: the mesh moves this far toward the synthetic identity's own face shape
 ID_OVAL_SCALE = 1.1  # identity texture is valid inside its face oval grown by this
 IN_CHANNELS = 11
 # inner lip contour (MediaPipe FACEMESH_LIPS, inner ring), in order
@@ -161,7 +165,8 @@ def light_grid(crop: np.ndarray, mask: np.ndarray, n: int = GRID) -> np.ndarray:
             break
         pad = np.pad(g, ((1, 1), (1, 1), (0, 0)), constant_values=np.nan)
         nb = np.stack([pad[:-2, 1:-1], pad[2:, 1:-1], pad[1:-1, :-2], pad[1:-1, 2:]])
-        with np.errstate(all="ignore"):
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)
             fill = np.nanmean(nb, 0)
         g = np.where(np.isnan(g), fill, g)
     g = np.where(np.isnan(g), overall, g)
@@ -208,26 +213,31 @@ class Geometry:
 
 
 def generator_input(geo: Geometry, crop: np.ndarray, pts: np.ndarray, id_tex: np.ndarray,
-                    mask_scale: float) -> tuple[np.ndarray, np.ndarray]:
+                    mask_scale: float, id_shape: np.ndarray | None = None, pull: float = 0.0
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """(input 1x11x128x128 float32, covered-region mask 128x128) for one face crop (BGR uint8).
-    The original face enters only through its mesh `pts`, the 4x4 light grid over the covered region,
-    and the crop outside the covered region."""
+    The original face enters only through its mesh `pts` (pulled by `pull` toward the identity's
+    own shape `id_shape`, canonical frame), the 4x4 light grid over its face oval, and the crop
+    outside the covered region (which is always the original face's grown oval). The identity's
+    texture is recoloured cell by cell to that grid (its own 4x4 grid in the same cells -> the face's)."""
     cover = poly_mask(oval_polygon(pts, mask_scale))
+    skin = poly_mask(oval_polygon(pts, ID_OVAL_SCALE))
+    grid = upsample_grid(light_grid(crop, skin))
+    if id_shape is not None and pull:
+        pts = pts + np.float32(pull) * (id_shape.astype(np.float32) - geo.mean)
     warped, valid = geo.from_canonical(id_tex, pts)
-    grid = upsample_grid(light_grid(crop, cover))
+    id_grid = upsample_grid(light_grid(warped, valid))
+    gain = np.clip(grid / np.maximum(id_grid, 0.02), 0.2, 5.0)
+    tex = np.clip(warped.astype(np.float32) / 255.0 * gain, 0.0, 1.0) * valid[..., None]
     ctx = crop.astype(np.float32) / 255.0 * (1.0 - cover[..., None])
-    x = np.concatenate([warped.astype(np.float32) / 255.0 * valid[..., None], valid[..., None], grid, ctx,
-                        cover[..., None]], 2)
+    x = np.concatenate([tex, valid[..., None], grid, ctx, cover[..., None]], 2)
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None]), cover
 
 
-def classic_render(x: np.ndarray, id_grid: np.ndarray) -> np.ndarray:
-    """No network: the warped identity recoloured by the ratio of the face's light grid to the
-    identity's own grid, the light grid where the identity is invalid, the context outside.
-    x: generator_input; id_grid: the identity's 4x4 grid (0..1). Returns 128x128x3 float in 0..1."""
+def classic_render(x: np.ndarray) -> np.ndarray:
+    """No network: the recoloured identity where valid, the light grid elsewhere in the covered
+    region, the context outside. x: generator_input. Returns 128x128x3 float in 0..1 (BGR)."""
     x = x[0].transpose(1, 2, 0)
     tex, valid, grid, ctx, cover = x[..., 0:3], x[..., 3:4], x[..., 4:7], x[..., 7:10], x[..., 10:11]
-    ig = upsample_grid(id_grid)
-    face = np.clip(tex * grid / np.maximum(ig, 0.02), 0, 1)
-    inner = valid * face + (1 - valid) * grid
+    inner = valid * tex + (1 - valid) * grid
     return cover * inner + (1 - cover) * ctx

@@ -1,8 +1,8 @@
 """`generative`: replace a face's identity with a synthetic one, keeping pose, expression, lighting.
 
 Per face: aligned 128x128 crop from the FaceMesh landmarks -> the track's synthetic identity (a
-texture from the shipped bank, chosen by HMAC(key, track id) among identities of the face's gender and
-age bracket) warped onto the face's mesh -> the generator network (ONNX, onnxruntime) renders the face
+texture from the shipped bank, chosen by HMAC(key, track id) among the 12 identities of the face's
+gender nearest to its apparent age) warped onto the face's mesh -> the generator network (ONNX, onnxruntime) renders the face
 from that, a 4x4 lighting grid and the pixels outside the covered region -> pasted back through the
 feathered face mask by the Anonymizer. See facegen.py for the exact inputs.
 
@@ -47,24 +47,18 @@ class IdentityBank:
         jpeg, off = d["jpeg"], d["offsets"]
         self.textures = [cv2.imdecode(jpeg[off[i]:off[i + 1]], cv2.IMREAD_COLOR) for i in range(len(off) - 1)]
         self.grids = d["grid"].astype(np.float32)
+        self.shapes = d["shape"].astype(np.float32) if "shape" in d else None
         self.age = d["age"].astype(np.float32)
         self.male = d["male"].astype(np.float32)
-        self.age_edges = d["age_edges"].astype(np.float32)
-        self.bucket = self.age_bucket(self.age)
 
-    def age_bucket(self, age):
-        return np.searchsorted(self.age_edges, age, side="right") - 1
-
-    def candidates(self, age: float, male: float) -> np.ndarray:
-        """Identities of the same gender and age bracket (the nearest bracket with any)."""
-        g = self.male >= 0.5
-        same = g == (male >= 0.5)
-        b = int(self.age_bucket(age))
-        for width in range(0, len(self.age_edges)):
-            ids = np.flatnonzero(same & (np.abs(self.bucket - b) <= width))
-            if len(ids):
-                return ids
-        return np.arange(len(self.textures))
+    def candidates(self, age: float, male: float, k: int = 12) -> np.ndarray:
+        """The k identities of the same (clearly read) gender nearest in apparent age."""
+        same = ((self.male >= 0.5) == (male >= 0.5)) & (np.abs(self.male - 0.5) >= 0.3)
+        ids = np.flatnonzero(same)
+        if len(ids) == 0:
+            ids = np.arange(len(self.textures))
+        order = np.argsort(np.abs(self.age[ids] - age), kind="stable")
+        return np.sort(ids[order[:k]])
 
 
 class AgeGender:
@@ -114,13 +108,13 @@ class Generative:
             self.attrs = AgeGender()
             self.net, self.bank = net, bank
 
-    def identity(self, key: bytes, track_id: int, crop: np.ndarray, pts: np.ndarray) -> int:
-        """Deterministic in (key, track id): the first sighting fixes the gender/age bracket, and the
-        HMAC picks one identity in it; later frames of the track reuse it."""
+    def identity(self, key: bytes, track_id: int, img: np.ndarray, pts: np.ndarray) -> int:
+        """Deterministic in (key, track id): the first sighting fixes the candidates (same gender,
+        nearest apparent age), the HMAC picks one of them; later frames of the track reuse it."""
         tag = hmac.new(key, f"anoncam-track:{track_id}".encode(), hashlib.sha256).digest()
         idx = self._tracks.get(tag)
         if idx is None:
-            age, male = self.attrs(crop, pts)
+            age, male = self.attrs(img, pts)
             ids = self.bank.candidates(age, male)
             idx = int(ids[int.from_bytes(tag[:8], "big") % len(ids)])
             self._tracks[tag] = idx
@@ -132,11 +126,13 @@ class Generative:
 
     def render(self, crop: np.ndarray, pts: np.ndarray, idx: int, mask_scale: float) -> np.ndarray:
         """The generated 128x128 BGR uint8 crop for identity idx."""
-        x, _ = fg.generator_input(self.bank.geo, crop, pts, self.bank.textures[idx], mask_scale)
+        shape = None if self.bank.shapes is None else self.bank.shapes[idx]
+        x, _ = fg.generator_input(self.bank.geo, crop, pts, self.bank.textures[idx], mask_scale, shape,
+                                  fg.SHAPE_PULL)
         if self.net is not None:
             y = self.net.run(x)[0][0].transpose(1, 2, 0)
         else:
-            y = fg.classic_render(x, self.bank.grids[idx])
+            y = fg.classic_render(x)
         if not np.isfinite(y).all():
             raise RuntimeError("generator produced non-finite output")
         return np.clip(y * 255.0 + 0.5, 0, 255).astype(np.uint8)
@@ -150,7 +146,7 @@ class Generative:
             raise RuntimeError("generative: no identity key")
         self.prepare()
         crop, pts, m = self.bank.geo.crop(frame, face.landmarks)
-        idx = self.identity(key, face.track_id, crop, pts)
+        idx = self.identity(key, face.track_id, frame, face.landmarks)
         out = self.render(crop, pts, idx, mask_scale)
         inv = cv2.invertAffineTransform(m)
         inv[:, 2] -= np.float32(roi_box[:2])
