@@ -27,12 +27,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
 from anoncam import assets
 from anoncam.config import validate
 from anoncam.mqtt.topics import jpeg_comment
 from anoncam.runner import Runner
+from paho.mqtt.enums import CallbackAPIVersion
 
 CAM = "bench"
 

@@ -79,11 +79,11 @@ STATS = {
         "cpu_temp_c": {"type": ["number", "null"]},
         "mqtt": {"type": "object", "additionalProperties": False,
                  "required": ["connected", "queue", "queue_size", "overflow", "published", "spool_messages",
-                              "spool_bytes", "spooled", "spool_dropped"],
+                              "spool_bytes", "spooled", "spool_dropped", "skipped"],
                  "properties": {"connected": {"type": "boolean"}, "queue": _INT, "queue_size": _INT,
                                 "overflow": {"type": "object", "additionalProperties": _INT}, "published": _INT,
                                 "spool_messages": _INT, "spool_bytes": _INT, "spooled": _INT,
-                                "spool_dropped": _INT}}},
+                                "spool_dropped": _INT, "skipped": _INT}}},
 }
 
 

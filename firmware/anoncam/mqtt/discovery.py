@@ -12,8 +12,8 @@ from .topics import Topics
 
 
 def discovery_messages(ha_prefix: str, prefix: str, camera: str, topics: Topics,
-                       methods: list[str]) -> list[tuple[str, bytes]]:
-    """(topic, JSON payload) for every entity."""
+                       methods: list[str], commands: bool = True) -> list[tuple[str, bytes]]:
+    """(topic, JSON payload) for every entity (no switches or select when commands are off)."""
     node = f"{prefix.replace('/', '_')}_{camera}"
     device = {"identifiers": [node], "name": f"anoncam {camera}", "manufacturer": "anoncam",
               "model": "anoncam camera", "sw_version": __version__}
@@ -41,6 +41,8 @@ def discovery_messages(ha_prefix: str, prefix: str, camera: str, topics: Topics,
     ]
     out = []
     for component, obj, fields in entities:
+        if "command_topic" in fields and not commands:
+            continue
         cfg = {**fields, "unique_id": f"{node}_{obj}", "object_id": f"{node}_{obj}", **common}
         out.append((f"{ha_prefix}/{component}/{node}/{obj}/config", json.dumps(cfg).encode()))
     return out

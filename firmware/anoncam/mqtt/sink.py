@@ -150,7 +150,7 @@ class MqttSink:
             "mqtt": {"connected": self._connected.is_set(), "queue": self.q.qsize(), "queue_size": self.m.queue_size,
                      "overflow": dict(self.overflow), "published": self.published, "spool_messages": len(self.spool),
                      "spool_bytes": self.spool.bytes, "spooled": self.spool.spooled,
-                     "spool_dropped": self.spool.dropped},
+                     "spool_dropped": self.spool.dropped, "skipped": self.skipped},
             "cpu_temp_c": cpu_temp(),
         }
 
@@ -234,8 +234,7 @@ class MqttSink:
         qos, t = self.m.qos, self.topics
         client.publish(t.available, "online", qos=1, retain=True)
         if self.m.discovery.enabled:
-            for topic, payload in discovery_messages(self.m.discovery.prefix, self.m.prefix, self.camera, t,
-                                                     available_methods()):
+            for topic, payload in self._discovery():
                 client.publish(topic, payload, qos=1, retain=True)
             client.subscribe(f"{self.m.discovery.prefix}/status", qos=1)
         for s in SETTINGS:
@@ -244,6 +243,10 @@ class MqttSink:
             client.publish(t.faces, str(self._faces), qos=qos, retain=True)
         if self.m.commands:
             client.subscribe(t.commands, qos=1)
+
+    def _discovery(self) -> list[tuple[str, bytes]]:
+        return discovery_messages(self.m.discovery.prefix, self.m.prefix, self.camera, self.topics,
+                                  available_methods(), self.m.commands)
 
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
         self._connected.clear()
@@ -254,8 +257,7 @@ class MqttSink:
     def _on_message(self, client, userdata, msg) -> None:
         if msg.topic == f"{self.m.discovery.prefix}/status":
             if msg.payload == b"online" and self._connected.is_set():  # Home Assistant restarted
-                for topic, payload in discovery_messages(self.m.discovery.prefix, self.m.prefix, self.camera,
-                                                         self.topics, available_methods()):
+                for topic, payload in self._discovery():
                     client.publish(topic, payload, qos=1, retain=True)
             return
         setting = self.topics.setting_of(msg.topic)
