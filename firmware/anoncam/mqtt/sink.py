@@ -114,7 +114,8 @@ class MqttSink:
         if result.image is None:
             return
         self._last_index = result.index
-        self._latency.append(sum(result.timings.values()))
+        # capture (the frame's timestamp, taken after the read) to the sinks: "decode" also holds the wait
+        self._latency.append(sum(v for k, v in result.timings.items() if k != "decode"))
         if result.status == "ok":  # the faces of a failed frame are not known: keep the tracks open
             for ev in self.events.frame(result):
                 self._event(ev)
