@@ -56,6 +56,7 @@ def build(result: dict) -> dict:
         methods[name] = {
             "available": True, "error": run.error, "orl": orl, "franck": run.video,
             "speed": {"ms_per_face_p50": orl.get("ms_per_face_p50"), "ms_per_face_p95": orl.get("ms_per_face_p95"),
+                      "cpu_ms_per_face_p50": orl.get("cpu_ms_per_face_p50"),
                       "threads": opts.threads, "precision": precision,
                       "int8": "no model to quantize" if name in NO_MODEL else precision},
         }
@@ -107,7 +108,7 @@ def markdown(rep: dict) -> str:
         + (f" (original consecutive-frame cosine, median {_num(fr.get('original_consecutive_cos_median'))})." if fr else "."),
         "",
         "| method | rank-1 re-ID | cos orig-anon | YuNet finds | box IoU | landmark err (IOD) | expression agr. "
-        "| gender agr. | age MAE (y) | franck consec. cos | franck anon-orig cos | ms/face |",
+        "| gender agr. | age MAE (y) | franck consec. cos | franck anon-orig cos | ms/face (CPU ms) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in rep["methods"].items():
@@ -121,16 +122,19 @@ def markdown(rep: dict) -> str:
             f"| {_num(o.get('iou_mean'), '{:.2f}')} | {_num(o.get('landmark_error_mean'))} "
             f"| {_pct(o.get('expression_agreement'))} | {_pct(o.get('gender_agreement'))} "
             f"| {_num(o.get('age_mae'), '{:.1f}')} | {_num(f.get('consecutive_cos_median'))} "
-            f"| {_num(f.get('anon_orig_cos_median'))} | {_num(o.get('ms_per_face_p50'), '{:.2f}')} |")
+            f"| {_num(f.get('anon_orig_cos_median'))} | {_num(o.get('ms_per_face_p50'), '{:.2f}')} "
+            f"({_num(o.get('cpu_ms_per_face_p50'), '{:.2f}')}) |")
     lines.append("")
     for name, m in rep["methods"].items():
         if not m["available"]:
             lines.append(f"- **{name}: not available** — {m['reason']}")
         elif m.get("error"):
             lines.append(f"- **{name} failed during the evaluation** — {m['error']}")
-    lines += ["", "Speed: ms per face of the anonymizer alone on ORL faces (~200 px), median, at "
-              f"{s['threads']} thread(s). blur, pixelate and solid use no model, so there is no fp32/int8 "
-              "distinction and no int8 variant to measure.", ""]
+    lines += ["", "Speed: ms per face of the anonymizer alone on ORL faces (~200 px), median wall time at "
+              f"{s['threads']} thread(s), and in brackets the CPU time of the calling thread (the same on an "
+              "idle machine; on a shared, loaded one the wall time grows and the CPU time does not). blur, "
+              "pixelate and solid use no model, so there is no fp32/int8 distinction and no int8 variant to "
+              "measure.", ""]
     for name, m in rep["methods"].items():
         if m["available"] and name not in NO_MODEL:
             lines.append(f"- {name}: precision {m['speed']['precision']} (a method states it as its `precision` "
