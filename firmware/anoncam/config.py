@@ -61,6 +61,10 @@ class AnonymizeConfig(Strict):
     pixelate_blocks: int = Field(8, ge=3, le=32, description="Blocks across the face for `pixelate`.")
     generative_min_face: int = Field(40, ge=8, description=(
         "`generative`: faces smaller than this (px, face oval) are pixelated instead."))
+    generative_net: bool = Field(False, description=(
+        "`generative`: render with the trained network (models/generator/generator.onnx). Off: the "
+        "identity warped and recoloured without the network, which measured better privacy with the "
+        "current weights (models/generator/CARD.md)."))
     privacy_zones: list[list[tuple[float, float]]] = Field(default_factory=list, description=(
         "Polygons always covered with solid_color. Points in pixels, or in 0..1 of the frame if all <= 1."))
 

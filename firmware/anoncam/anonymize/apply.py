@@ -45,7 +45,7 @@ class Anonymizer:
         repl = fn(region, face_px / self.cfg.mask_scale, sigma_frac=self.cfg.blur_sigma,
                   blocks=self.cfg.pixelate_blocks, color=self.cfg.solid_color,
                   face=face, frame=frame, roi_box=roi, key=self.key, mask_scale=self.cfg.mask_scale,
-                  min_face=self.cfg.generative_min_face)
+                  min_face=self.cfg.generative_min_face, use_net=self.cfg.generative_net)
         m = feathered(poly, roi, feather)
         region[:] = cv2.blendLinear(repl, region, m, 1.0 - m)
 

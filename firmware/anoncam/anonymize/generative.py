@@ -124,12 +124,13 @@ class Generative:
             self._tracks.move_to_end(tag)
         return idx
 
-    def render(self, crop: np.ndarray, pts: np.ndarray, idx: int, mask_scale: float) -> np.ndarray:
+    def render(self, crop: np.ndarray, pts: np.ndarray, idx: int, mask_scale: float, use_net: bool = True
+               ) -> np.ndarray:
         """The generated 128x128 BGR uint8 crop for identity idx."""
         shape = None if self.bank.shapes is None else self.bank.shapes[idx]
         x, _ = fg.generator_input(self.bank.geo, crop, pts, self.bank.textures[idx], mask_scale, shape,
                                   fg.SHAPE_PULL)
-        if self.net is not None:
+        if use_net and self.net is not None:
             y = self.net.run(x)[0][0].transpose(1, 2, 0)
         else:
             y = fg.classic_render(x)
@@ -138,7 +139,8 @@ class Generative:
         return np.clip(y * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
     def __call__(self, roi: np.ndarray, face_px: float, face=None, frame=None, roi_box=None, key=None,
-                 mask_scale: float = 1.25, min_face: int = 40, blocks: int = 8, **_) -> np.ndarray:
+                 mask_scale: float = 1.25, min_face: int = 40, blocks: int = 8, use_net: bool = False, **_
+                 ) -> np.ndarray:
         fallback = methods.pixelate(roi, face_px, blocks=blocks)
         if face is None or face.landmarks is None or frame is None or face_px < min_face:
             return fallback
@@ -147,7 +149,7 @@ class Generative:
         self.prepare()
         crop, pts, m = self.bank.geo.crop(frame, face.landmarks)
         idx = self.identity(key, face.track_id, frame, face.landmarks)
-        out = self.render(crop, pts, idx, mask_scale)
+        out = self.render(crop, pts, idx, mask_scale, use_net)
         inv = cv2.invertAffineTransform(m)
         inv[:, 2] -= np.float32(roi_box[:2])
         h, w = roi.shape[:2]
