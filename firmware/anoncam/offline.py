@@ -69,7 +69,7 @@ def plan(inputs: list[Path], output: Path) -> list[tuple[Path, Path]]:
 
 def anonymize_image(pipe: Pipeline, src: Path, dst: Path, stats: Stats, quality: int = 92) -> None:
     img = read_image(src)
-    res = pipe.process(img, 0, still=True)
+    res = pipe.process(img, 0, still=True, live=False)
     stats.frame(res.status, res.timings, len(res.faces))
     if res.image is None:
         raise ValueError(f"{src}: dropped ({res.reason})")
@@ -107,7 +107,7 @@ def anonymize_video(pipe: Pipeline, src: Path, dst: Path, stats: Stats, progress
                         i += 1
                         bar.update()
                         continue
-                res = pipe.process(frame, i)
+                res = pipe.process(frame, i, live=False)
                 if res.image is None:  # dropped by the failsafe: write it covered to keep the timing
                     pipe.anonymizer.cover_all(frame)
                 stats.frame(res.status, res.timings, len(res.faces))

@@ -59,9 +59,10 @@ class Pipeline:
         return any(a <= index < b for a, b in self.cfg.testing.blind_frames)
 
     def process(self, frame: np.ndarray, index: int, timestamp: float | None = None,
-                detect_frame: np.ndarray | None = None, still: bool = False) -> FrameResult:
+                detect_frame: np.ndarray | None = None, still: bool = False, live: bool = True) -> FrameResult:
         """Anonymize `frame` in place. `detect_frame`: a smaller view of the same frame to detect on
-        (picamera2 lores). `still`: an independent photo (all tiles, no tracking history)."""
+        (picamera2 lores). `still`: an independent photo (all tiles, no tracking history). `live`: the
+        time budget applies (a camera); files anonymized offline have no deadline."""
         ts = time.time() if timestamp is None else timestamp
         res = FrameResult(index=index, timestamp=ts, image=frame, status="ok")
         if not valid_frame(frame):
@@ -81,7 +82,7 @@ class Pipeline:
             log.error("frame %d failed closed: %s: %s", index, type(e).__name__, e)
             return self._fail(res, f"error: {type(e).__name__}")
         total = (time.perf_counter() - t0) * 1000
-        if total > self.cfg.failsafe.budget_ms:
+        if live and total > self.cfg.failsafe.budget_ms:
             log.warning("frame %d over budget (%.0f ms > %.0f ms); failed closed", index, total,
                         self.cfg.failsafe.budget_ms)
             return self._fail(res, "over budget")
