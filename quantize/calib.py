@@ -16,7 +16,7 @@ import numpy as np
 from anoncam import assets
 
 CLIPS = ("franck", "cap12", "cap13")
-# Face centres (x, y) in original pixels, counted by hand (the same as tests/test_detect.py).
+# Face centres (x, y) in original pixels, each checked by eye on the photo (tests/test_detect.py uses them).
 FACES = {
     "group1": [(507, 475), (929, 534), (1584, 317)],
     "group2": [(452, 280), (986, 345), (1540, 279)],

@@ -6,17 +6,7 @@ import pytest
 from anoncam.backends import open_model
 from anoncam.detect.facemesh import FaceMesh
 from anoncam.detect.yunet import YuNet
-
-# Face centres (x, y) in original pixels, checked by eye on each photo (22 faces + the astronaut).
-FACES = {
-    "group1": [(507, 475), (929, 534), (1584, 317)],
-    "group2": [(452, 280), (986, 345), (1540, 279)],
-    "group3": [(686, 465), (1183, 363), (1596, 433)],
-    "group4": [(347, 326), (757, 189), (1074, 307), (1359, 277)],
-    "group5": [(472, 1019), (691, 549), (871, 224), (1196, 326), (1510, 539)],
-    "group6": [(364, 676), (759, 476), (1274, 458), (1593, 408)],
-    "astronaut": [(224, 118)],
-}
+from quantize.calib import FACES  # face centres counted by hand (22 + the astronaut)
 
 
 def match(boxes, centres):
