@@ -94,7 +94,7 @@ class Runner:
                 frame = next(it, None)
                 if frame is None:
                     break
-                decode_ms = (time.perf_counter() - t) * 1000
+                decode_ms = (time.perf_counter() - t - getattr(self.source, "waited_s", 0.0)) * 1000
                 if frame.result is not None or getattr(self.source, "anonymizes", False):
                     result = frame.result or FrameResult(frame.index, frame.timestamp, frame.image, "covered")
                     result.image = frame.image

@@ -91,10 +91,12 @@ class VideoFileSource:
                     ok, frame = self.cap.read()
                     if not ok:
                         return
+            self.waited_s = 0.0
             if self.realtime:
                 delay = start + i / self.fps - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
+                    self.waited_s = delay  # pacing, not decoding: the runner leaves it out of 'decode'
             yield Frame(i, time.time(), frame)
             frame = None
             i += 1
