@@ -17,17 +17,21 @@ class Anonymizer:
         self.cfg = cfg
         self._zones_for: tuple | None = None
         self._zones: list[np.ndarray] = []
+        self._ready: dict[str, object] = {}  # methods checked and prepared once, not per face
         # `generative`: the synthetic identity is a function of (key, track id). No owner keys yet:
         # a random key per run, kept in memory only (never logged or stored).
         self.key = secrets.token_bytes(32)
 
     def method_fn(self, name: str):
+        if name in self._ready:
+            return self._ready[name]
         fn = methods.METHODS.get(name)
         if fn is None:
             raise RuntimeError(f"anonymization method {name!r} is not available; use one of {sorted(methods.METHODS)}")
         prepare = getattr(fn, "prepare", None)
         if prepare is not None:
             prepare()  # load and verify its model files now (AssetError names path and sha256)
+        self._ready[name] = fn
         return fn
 
     def face(self, frame: np.ndarray, face: Face) -> None:
