@@ -114,7 +114,7 @@ class MqttSink:
         if result.image is None:
             return
         self._last_index = result.index
-        # capture (the frame's timestamp, taken after the read) to the sinks: "decode" also holds the wait
+        # capture (the frame's timestamp, taken after the read) to the sinks, so "decode" is not part of it
         self._latency.append(sum(v for k, v in result.timings.items() if k != "decode"))
         if result.status == "ok":  # the faces of a failed frame are not known: keep the tracks open
             for ev in self.events.frame(result):
