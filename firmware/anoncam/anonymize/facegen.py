@@ -97,49 +97,80 @@ def triangulate(mean_shape: np.ndarray) -> np.ndarray:
     return np.array(tris, np.int32)
 
 
+def _area2(p: np.ndarray) -> np.ndarray:
+    """Twice the signed area of triangles p (T, 3, 2)."""
+    return ((p[:, 1, 0] - p[:, 0, 0]) * (p[:, 2, 1] - p[:, 0, 1])
+            - (p[:, 2, 0] - p[:, 0, 0]) * (p[:, 1, 1] - p[:, 0, 1]))
+
+
 def piecewise_map(src: np.ndarray, dst: np.ndarray, tris: np.ndarray, size: int = SIZE,
-                  raster: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                  use: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """remap() maps for moving an image whose points are `src` so they land on `dst` (both with
-    rings, crop pixels): per pixel, the affine of the triangle that covers it (rasterized at
-    1/raster resolution)."""
-    n = size // raster
-    idx = np.zeros((n, n), np.int32)
-    dsts = np.round(dst[tris] / raster * 16).astype(np.int32)
-    def area(p):
-        return (p[:, 1, 0] - p[:, 0, 0]) * (p[:, 2, 1] - p[:, 0, 1]) - (p[:, 2, 0] - p[:, 0, 0]) * (p[:, 1, 1] - p[:, 0, 1])
-    # triangles that flipped between src and dst face away (the far side of a turned head): draw
-    # them first, then the rest from thin to large: a filled triangle also claims boundary pixels
-    # just outside it, where a thin one's affine would extrapolate far, a large one's hardly
-    ad = area(dst[tris])
-    flipped = np.sign(area(src[tris])) != np.sign(ad)
-    front = np.flatnonzero(~flipped)
-    for t in np.concatenate([np.flatnonzero(flipped), front[np.argsort(np.abs(ad[front]))]]):
-        cv2.fillConvexPoly(idx, dsts[t], int(t) + 1, lineType=cv2.LINE_8, shift=4)
-    # per triangle: barycentric coordinates from dst pixels; clipped to the triangle (a pixel that a
-    # thin or folded triangle claims never samples far outside its source triangle)
+    rings, crop pixels): per pixel, the affine of the triangle that covers it; -1000 where no
+    triangle does. `use` (bool per triangle) limits the map to those triangles. Vectorized: every
+    triangle tests the pixels of its bounding box at once."""
+    s = src[tris].astype(np.float64)
     d = dst[tris].astype(np.float64)  # (T, 3, 2)
-    a = np.concatenate([d, np.ones((len(tris), 3, 1))], 2).transpose(0, 2, 1)  # columns: vertices
-    det = np.linalg.det(a)
-    ok = np.abs(det) > 1e-9
-    bary = np.zeros((len(tris), 3, 3))
-    bary[ok] = np.linalg.inv(a[ok])
-    bary[~ok] = 1.0 / 3.0 * np.array([[0, 0, 1]] * 3)  # collapsed: its centroid
-    idx = cv2.resize(idx, (size, size), interpolation=cv2.INTER_NEAREST)
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
-    t = np.maximum(idx - 1, 0)
-    bm = bary.astype(np.float32)[t]  # (H, W, 3, 3)
-    w = bm[..., 0] * xs[..., None] + bm[..., 1] * ys[..., None] + bm[..., 2]  # (H, W, 3)
-    far = w.min(-1, keepdims=True) < -0.25  # well outside the triangle that claimed it: clip
-    wc = np.clip(w, 0.0, None)
-    wc /= np.maximum(wc.sum(-1, keepdims=True), 1e-6)
-    w = np.where(far, wc, w)
-    sv = src[tris].astype(np.float32)[t]  # (H, W, 3, 2)
-    mx = (w * sv[..., 0]).sum(-1)
-    my = (w * sv[..., 1]).sum(-1)
-    outside = idx == 0
-    mx[outside] = -1000
-    my[outside] = -1000
-    return mx, my
+    ad = _area2(d)
+    # triangles that flipped between src and dst face away (the far side of a turned head): they
+    # rank lowest, then the rest from thin to large: a pixel on a border goes to the larger
+    # triangle, whose affine extrapolates least
+    flipped = np.sign(_area2(s)) != np.sign(ad)
+    front = np.flatnonzero(~flipped)
+    order = np.concatenate([np.flatnonzero(flipped), front[np.argsort(np.abs(ad[front]), kind="stable")]])
+    # barycentric coordinates from dst pixels: rows per vertex, columns (x, y, 1)
+    # (closed form of the inverse of [[x0 x1 x2], [y0 y1 y2], [1 1 1]])
+    x, y = d[..., 0], d[..., 1]
+    ok = np.abs(ad) > 1e-9
+    inv = 1.0 / np.where(ok, ad, 1.0)
+    j, k2 = [1, 2, 0], [2, 0, 1]
+    bary = np.stack([y[:, j] - y[:, k2], x[:, k2] - x[:, j], x[:, j] * y[:, k2] - x[:, k2] * y[:, j]], 2)
+    bary *= inv[:, None, None]
+    bary[~ok] = np.array([[0.0, 0.0, 1.0 / 3.0]] * 3)  # collapsed: its centroid
+    # the same scaled to pixels of distance from each edge (height over edge i = |2A| / |edge i|)
+    edge = np.linalg.norm(d[:, [2, 0, 1]] - d[:, [1, 2, 0]], axis=2)
+    dist = bary * (np.abs(ad)[:, None] / np.maximum(edge, 1e-9))[..., None]
+    # rasterize: each triangle claims the pixels of its box within half a pixel of it
+    od = d[order]
+    lo = np.clip(np.floor(od.min(1) - 0.5), 0, size).astype(np.int64)
+    hi = np.clip(np.ceil(od.max(1) + 0.5), -1, size - 1).astype(np.int64)
+    wh = np.maximum(hi - lo + 1, 0)
+    n = wh[:, 0] * wh[:, 1]
+    keep = (n > 0) & ok[order] & (True if use is None else use[order])
+    order, lo, wh, n = order[keep], lo[keep], wh[keep], n[keep]
+    rep = np.repeat(np.arange(len(order), dtype=np.int32), n)
+    k = np.arange(int(n.sum()), dtype=np.int32) - np.repeat((np.cumsum(n) - n).astype(np.int32), n)
+    py, px = np.divmod(k, wh[:, 0].astype(np.int32)[rep])
+    px += lo[rep, 0].astype(np.int32)
+    py += lo[rep, 1].astype(np.int32)
+    t = order[rep]
+    dt = np.ascontiguousarray(dist, np.float32)[t]
+    fx, fy = px.astype(np.float32), py.astype(np.float32)
+    e = [dt[:, i, 0] * fx + dt[:, i, 1] * fy + dt[:, i, 2] for i in range(3)]
+    e = np.minimum(np.minimum(e[0], e[1]), e[2])  # (explicit: reductions over length 3 are slow)
+    inside = e >= -0.5
+    # a triangle that contains the pixel outranks one that only touches it
+    nt = len(order)
+    key = rep[inside] + 1 + np.where(e[inside] >= 0, nt, 0).astype(np.int32)
+    rank = np.zeros(size * size, np.int32)
+    np.maximum.at(rank, (py * size + px)[inside], key)
+    pix = np.flatnonzero(rank)
+    tt = order[(rank[pix] - 1) % nt]
+    # per claimed pixel: barycentric coordinates in its triangle, clipped to it when well outside (a
+    # pixel that a thin or folded triangle claims never samples far outside its source triangle)
+    xs, ys = (pix % size).astype(np.float32), (pix // size).astype(np.float32)
+    bm = np.ascontiguousarray(bary, np.float32)[tt]  # (P, 3, 3)
+    w = [bm[:, i, 0] * xs + bm[:, i, 1] * ys + bm[:, i, 2] for i in range(3)]
+    far = np.minimum(np.minimum(w[0], w[1]), w[2]) < -0.25
+    wc = [np.maximum(wi, 0.0) for wi in w]
+    total = np.maximum(wc[0] + wc[1] + wc[2], 1e-6)
+    w = [np.where(far, c / total, wi) for c, wi in zip(wc, w)]
+    sv = s.astype(np.float32)[tt]  # (P, 3, 2)
+    mx = np.full(size * size, -1000, np.float32)
+    my = np.full(size * size, -1000, np.float32)
+    mx[pix] = w[0] * sv[:, 0, 0] + w[1] * sv[:, 1, 0] + w[2] * sv[:, 2, 0]
+    my[pix] = w[0] * sv[:, 0, 1] + w[1] * sv[:, 1, 1] + w[2] * sv[:, 2, 1]
+    return mx.reshape(size, size), my.reshape(size, size)
 
 
 def poly_mask(poly: np.ndarray, size: int = SIZE) -> np.ndarray:
@@ -186,6 +217,10 @@ class Geometry:
         self.mean_ring = with_ring(self.mean)
         self.tris = tris.astype(np.int32)
         self.id_valid = poly_mask(oval_polygon(self.mean, ID_OVAL_SCALE))
+        # triangles with a mesh vertex: together they cover the face oval grown past
+        # ID_OVAL_SCALE (the inner helper ring lies at RING_SCALES[0]), so the rest never reaches a
+        # valid identity pixel
+        self.face_tris = (self.tris < len(self.mean)).any(1)
 
     def align(self, landmarks: np.ndarray) -> np.ndarray:
         """2x3 similarity from frame pixels to the canonical crop."""
@@ -204,7 +239,7 @@ class Geometry:
 
     def from_canonical(self, tex: np.ndarray, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A canonical texture moved onto the mesh pts (crop pixels), and its validity mask."""
-        mx, my = piecewise_map(self.mean_ring, with_ring(pts), self.tris)
+        mx, my = piecewise_map(self.mean_ring, with_ring(pts), self.tris, use=self.face_tris)
         out = cv2.remap(tex, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         valid = cv2.remap(self.id_valid, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
         mouth = poly_mask(pts[INNER_LIPS])

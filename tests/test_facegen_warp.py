@@ -1,0 +1,61 @@
+"""The piecewise-affine warp behind the generator input (facegen.piecewise_map), on the shipped
+identity bank's mesh."""
+import numpy as np
+import pytest
+
+from anoncam import assets
+from anoncam.anonymize import facegen as fg
+from anoncam.anonymize.generative import IdentityBank
+
+
+@pytest.fixture(scope="module")
+def geo(models):
+    return IdentityBank(assets.model_path("generator_identities")).geo
+
+
+def _affine(angle: float, scale: float, shift) -> np.ndarray:
+    c, s = np.cos(angle) * scale, np.sin(angle) * scale
+    return np.array([[c, -s, shift[0]], [s, c, shift[1]]], np.float32)
+
+
+def test_global_affine_is_inverted_exactly(geo):
+    """When dst is one affine of src, every triangle carries the same affine, so the map is its
+    inverse at every pixel the mesh covers."""
+    m = _affine(0.2, 0.8, (20.0, 10.0))
+    src = geo.mean_ring
+    dst = fg.apply_affine(m, src)
+    mx, my = fg.piecewise_map(src, dst, geo.tris)
+    covered = mx > -999
+    inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
+    ys, xs = np.mgrid[0:fg.SIZE, 0:fg.SIZE].astype(np.float64)
+    ex = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]
+    ey = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
+    # the face oval, moved by m, lies inside the covered pixels
+    oval = fg.poly_mask(fg.apply_affine(m, fg.oval_polygon(geo.mean, 1.0))) > 0.5
+    assert covered[oval].all()
+    err = np.hypot(mx - ex, my - ey)[covered]
+    assert err.max() < 0.05, err.max()  # float32 rounding only
+
+
+def test_local_move_stays_local(geo):
+    """Moving one mesh vertex changes the map only in the triangles around it, and there it takes
+    the pixel at the vertex's new place back to its old place."""
+    src = geo.mean_ring
+    dst = src.copy()
+    v = 10  # forehead centre (large triangles: the move folds none)
+    dst[v] += np.float32([3.0, -2.0])
+    mx, my = fg.piecewise_map(src, dst, geo.tris)
+    ys, xs = np.mgrid[0:fg.SIZE, 0:fg.SIZE].astype(np.float32)
+    moved = np.hypot(mx - xs, my - ys) > 0.05
+    moved &= mx > -999
+    near = np.hypot(xs - dst[v, 0], ys - dst[v, 1]) < 15
+    assert moved.any() and not (moved & ~near).any()
+    x, y = np.round(dst[v]).astype(int)
+    assert np.hypot(mx[y, x] - src[v, 0], my[y, x] - src[v, 1]) < 1.0
+
+
+def test_face_triangles_cover_the_valid_identity_region(geo):
+    """from_canonical maps only the triangles with a mesh vertex: the identity's valid region must
+    lie inside them, or a face would lose texture."""
+    mx, _ = fg.piecewise_map(geo.mean_ring, geo.mean_ring, geo.tris, use=geo.face_tris)
+    assert (mx[geo.id_valid > 0] > -999).all()
