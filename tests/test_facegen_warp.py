@@ -2,7 +2,6 @@
 identity bank's mesh."""
 import numpy as np
 import pytest
-
 from anoncam import assets
 from anoncam.anonymize import facegen as fg
 from anoncam.anonymize.generative import IdentityBank
@@ -59,3 +58,37 @@ def test_face_triangles_cover_the_valid_identity_region(geo):
     lie inside them, or a face would lose texture."""
     mx, _ = fg.piecewise_map(geo.mean_ring, geo.mean_ring, geo.tris, use=geo.face_tris)
     assert (mx[geo.id_valid > 0] > -999).all()
+
+
+def test_fill_smooth_keeps_known_pixels_and_bridges_holes():
+    """A ring-shaped hole in a horizontal ramp is filled with values between its borders, close to
+    the ramp, and the known pixels come back unchanged."""
+    ramp = np.repeat(np.linspace(0.0, 1.0, 128, dtype=np.float32)[None, :, None], 128, 0).repeat(3, 2)
+    known = np.ones((128, 128), np.float32)
+    yy, xx = np.mgrid[0:128, 0:128]
+    r = np.hypot(xx - 64, yy - 64)
+    hole = (r > 30) & (r < 45)
+    known[hole] = 0
+    out = fg.fill_smooth(ramp * known[..., None], known)
+    assert np.abs(out - ramp)[~hole].max() < 1e-4
+    assert np.abs(out - ramp)[hole].mean() < 0.05
+    assert out[hole].min() >= 0.0 and out[hole].max() <= 1.0
+
+
+def test_grey_face_gets_a_grey_identity(models, media):
+    """A grey frame (night IR, ORL) must not come back with a coloured face."""
+    import cv2
+    from anoncam.pipeline import Pipeline
+    from conftest import make_config
+    from helpers import core, iter_frames
+
+    frame = next(iter_frames(media["franck"]))
+    grey = cv2.cvtColor(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    pipe = Pipeline.from_config(make_config(anonymize={"method": "generative"}))
+    out = grey.copy()
+    res = pipe.process(out, 0, still=True)
+    assert res.status == "ok" and len(res.faces) == 1
+    ys, xs = core(res.faces[0].box, out.shape, 0.6)
+    face = out[ys, xs].astype(int)
+    assert np.abs(face - grey[ys, xs]).mean() > 5  # replaced ...
+    assert (face.max(2) - face.min(2)).mean() < 3  # ... and grey

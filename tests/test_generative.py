@@ -7,14 +7,13 @@ from itertools import islice
 import cv2
 import numpy as np
 import pytest
-from conftest import ANONCAM, make_config
-from helpers import core, iter_frames, video_reference
-
 from anoncam import assets
 from anoncam.anonymize import generative as gen
 from anoncam.anonymize.apply import Anonymizer
 from anoncam.anonymize.masks import face_polygon, feathered, roi_for
 from anoncam.pipeline import Pipeline
+from conftest import ANONCAM, make_config
+from helpers import core, iter_frames, video_reference
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +50,12 @@ def test_different_keys_give_different_identities(franck_run):
     a, b = Anonymizer(make_config().anonymize), Anonymizer(make_config().anonymize)
     assert a.key != b.key
     lm = faces[0][0].landmarks
-    ids_a = [gen.GENERATIVE.identity(a.key, t, origs[0], lm) for t in range(1, 9)]
-    ids_b = [gen.GENERATIVE.identity(b.key, t, origs[0], lm) for t in range(1, 9)]
+    ids_a = [gen.GENERATIVE.identity(a.key, t, origs[0], lm) for t in range(1, 17)]
+    ids_b = [gen.GENERATIVE.identity(b.key, t, origs[0], lm) for t in range(1, 17)]
     assert ids_a != ids_b
-    assert len(set(ids_a)) >= 4  # tracks of one key spread over the bank too
+    # tracks of one key spread over the identities that keep this face's apparent gender and age
+    # (3 to 6 of the 12 candidates for franck's face)
+    assert len(set(ids_a)) >= 3
     # and the rendered faces differ (on a track whose identities differ under the two keys)
     import dataclasses
     t = next(t for t, (x, y) in enumerate(zip(ids_a, ids_b), 1) if x != y)
@@ -73,7 +74,7 @@ def test_inner_face_replaced_outside_untouched(franck_run):
         face = fs[0]
         ys, xs = core(face.box, o.shape, 0.5)
         assert np.abs(o[ys, xs].astype(int) - a[ys, xs].astype(int)).mean() > 8
-        poly = face_polygon(face.box, face.landmarks, cfg.mask_scale)
+        poly = face_polygon(face.box, face.landmarks, cfg.generative_mask_scale)
         face_px = float(max(poly.max(0) - poly.min(0)))
         roi = roi_for(poly, cfg.feather * face_px + 2, o.shape)
         x0, y0, x1, y1 = roi
@@ -101,18 +102,21 @@ def _local_models(tmp_path, corrupt: str | None):
 
 @pytest.mark.parametrize("broken", [n for n, a in assets.load_manifest("models").items() if a.registry == "local"])
 def test_broken_generator_file_stops_startup(tmp_path, cli_env, media, broken):
+    """Every local generator file is checked when it is used (the network with generative_net)."""
     a = assets.load_manifest("models")[broken]
     env = dict(cli_env, ANONCAM_MODELS_DIR=str(_local_models(tmp_path, broken)))
     out = tmp_path / "out.jpg"
-    p = subprocess.run([*ANONCAM, "anonymize", str(media["astronaut"]), "-o", str(out), "--method", "generative"],
-                       env=env, capture_output=True, text=True, timeout=300)
+    cfg = tmp_path / "net.yaml"
+    cfg.write_text("anonymize:\n  generative_net: true\nruntime:\n  precision: fp32\n")
+    p = subprocess.run([*ANONCAM, "anonymize", str(media["astronaut"]), "-o", str(out), "--method", "generative",
+                        "--config", str(cfg)], env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 3, p.stderr
     assert str(tmp_path / "models" / a.member) in p.stderr and a.sha256 in p.stderr
     assert not out.exists()
     # the intact copy works
     env = dict(cli_env, ANONCAM_MODELS_DIR=str(_local_models(tmp_path / "ok", None)))
-    p = subprocess.run([*ANONCAM, "anonymize", str(media["astronaut"]), "-o", str(out), "--method", "generative"],
-                       env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run([*ANONCAM, "anonymize", str(media["astronaut"]), "-o", str(out), "--method", "generative",
+                        "--config", str(cfg)], env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert out.exists()
 
@@ -121,7 +125,8 @@ def test_small_faces_fall_back_to_pixelate(models, media):
     img = cv2.imread(str(media["small_faces"]))
     outs = {}
     for method in ("generative", "pixelate"):
-        pipe = Pipeline.from_config(make_config(anonymize={"method": method, "generative_min_face": 400}))
+        pipe = Pipeline.from_config(make_config(anonymize={"method": method, "generative_min_face": 400,
+                                                           "mask_scale": 1.4, "generative_mask_scale": 1.4}))
         f = img.copy()
         res = pipe.process(f, 0, still=True)
         assert res.status == "ok" and len(res.faces) >= 3
@@ -187,7 +192,21 @@ def test_trained_network_renders(franck_run):
         f = origs[5].copy()
         an.face(f, faces[5][0])
         outs[net] = f
-    assert gen.GENERATIVE.net is not None
+    assert gen.GENERATIVE.nets
     ys, xs = core(faces[5][0].box, origs[5].shape, 0.5)
     assert np.abs(outs[True][ys, xs].astype(int) - outs[False][ys, xs].astype(int)).mean() > 1
-    assert np.array_equal(outs[True][:5], origs[5][:5])
+    x0, y0, x1, y1 = faces[5][0].box
+    h, w = origs[5].shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w]
+    far = (np.abs(xs - (x0 + x1) / 2) > 1.2 * (x1 - x0)) | (np.abs(ys - (y0 + y1) / 2) > 1.2 * (y1 - y0))
+    assert far.mean() > 0.05 and np.array_equal(outs[True][far], origs[5][far])
+
+
+def test_network_loaded_only_when_used(models):
+    """`generative_net: false` (the default) loads no generator network; true loads it at the
+    configured precision (fp32 here: the file shipped in models/)."""
+    g = gen.Generative()
+    g.prepare(use_net=False, precision="fp32")
+    assert g.bank is not None and g.nets == {}
+    g.prepare(use_net=True, precision="fp32")
+    assert set(g.nets) == {"fp32"} and g.net_files["fp32"] == "fp32"

@@ -34,7 +34,7 @@ class Pipeline:
         self.detector = detector
         self.mesh = mesh
         self.policy = policy or AnonymizeAll(cfg.anonymize.method)
-        self.anonymizer = Anonymizer(cfg.anonymize)
+        self.anonymizer = Anonymizer(cfg.anonymize, cfg.runtime.precision, cfg.runtime.threads)
         self.anonymizer.method_fn(cfg.anonymize.method)  # an unavailable method stops start-up
         self.tracker = Tracker(cfg.track.iou_threshold, cfg.track.coast_frames, cfg.track.coast_grow)
         self._det_runs = 0

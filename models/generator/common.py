@@ -6,14 +6,13 @@ import sys
 import zipfile
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from anoncam import assets
 from anoncam.backends import open_model
 from anoncam.detect.facemesh import FaceMesh
 from anoncam.detect.yunet import YuNet
-from anoncam.anonymize import generative
+from anoncam import attributes
 
 HERE = Path(__file__).resolve().parent
 
@@ -43,7 +42,12 @@ class Landmarker:
         return self.mesh_from_box(img, d.box, d.kps)
 
 
-AgeGender = generative.AgeGender  # the runtime's own attribute reading
+class AgeGender(attributes.AgeGender):
+    """The runtime's own attribute reading; called as ag(img, landmarks) -> (age, P(male))."""
+
+    def __call__(self, img, pts):
+        male, age = self.read(img, pts)
+        return age, male
 
 
 def pip_member(package: str, version: str, member: str, cache: Path) -> bytes:

@@ -13,8 +13,9 @@ from .masks import face_polygon, feathered, roi_for
 
 
 class Anonymizer:
-    def __init__(self, cfg: AnonymizeConfig):
+    def __init__(self, cfg: AnonymizeConfig, precision: str = "int8", threads: int = 1):
         self.cfg = cfg
+        self.precision, self.threads = precision, threads  # runtime.* for a method's own models
         self._zones_for: tuple | None = None
         self._zones: list[np.ndarray] = []
         self._ready: dict[str, object] = {}  # methods checked and prepared once, not per face
@@ -30,7 +31,8 @@ class Anonymizer:
             raise RuntimeError(f"anonymization method {name!r} is not available; use one of {sorted(methods.METHODS)}")
         prepare = getattr(fn, "prepare", None)
         if prepare is not None:
-            prepare()  # load and verify its model files now (AssetError names path and sha256)
+            # load and verify its model files now (AssetError names path and sha256)
+            prepare(use_net=self.cfg.generative_net, precision=self.precision, threads=self.threads)
         self._ready[name] = fn
         return fn
 
@@ -38,7 +40,8 @@ class Anonymizer:
         """Cover one face in place."""
         method = face.method or self.cfg.method
         fn = self.method_fn(method)
-        poly = face_polygon(face.box, face.landmarks, self.cfg.mask_scale)
+        scale = self.cfg.generative_mask_scale if method == "generative" else self.cfg.mask_scale
+        poly = face_polygon(face.box, face.landmarks, scale)
         face_px = float(max(poly.max(0) - poly.min(0)))
         feather = self.cfg.feather * face_px
         roi = roi_for(poly, feather + 2, frame.shape)
@@ -46,10 +49,11 @@ class Anonymizer:
             return
         x0, y0, x1, y1 = roi
         region = frame[y0:y1, x0:x1]
-        repl = fn(region, face_px / self.cfg.mask_scale, sigma_frac=self.cfg.blur_sigma,
+        repl = fn(region, face_px / scale, sigma_frac=self.cfg.blur_sigma,
                   blocks=self.cfg.pixelate_blocks, color=self.cfg.solid_color,
-                  face=face, frame=frame, roi_box=roi, key=self.key, mask_scale=self.cfg.mask_scale,
-                  min_face=self.cfg.generative_min_face, use_net=self.cfg.generative_net)
+                  face=face, frame=frame, roi_box=roi, key=self.key, mask_scale=scale,
+                  min_face=self.cfg.generative_min_face, use_net=self.cfg.generative_net,
+                  precision=self.precision)
         m = feathered(poly, roi, feather)
         region[:] = cv2.blendLinear(repl, region, m, 1.0 - m)
 

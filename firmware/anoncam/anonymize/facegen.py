@@ -257,22 +257,57 @@ def generator_input(geo: Geometry, crop: np.ndarray, pts: np.ndarray, id_tex: np
     texture is recoloured cell by cell to that grid (its own 4x4 grid in the same cells -> the face's)."""
     cover = poly_mask(oval_polygon(pts, mask_scale))
     skin = poly_mask(oval_polygon(pts, ID_OVAL_SCALE))
-    grid = upsample_grid(light_grid(crop, skin))
+    face_cells = light_grid(crop, skin)
+    grid = upsample_grid(face_cells)
     if id_shape is not None and pull:
         pts = pts + np.float32(pull) * (id_shape.astype(np.float32) - geo.mean)
     warped, valid = geo.from_canonical(id_tex, pts)
-    id_grid = upsample_grid(light_grid(warped, valid))
-    gain = np.clip(grid / np.maximum(id_grid, 0.02), 0.2, 5.0)
-    tex = np.clip(warped.astype(np.float32) / 255.0 * gain, 0.0, 1.0) * valid[..., None]
+    id_cells = light_grid(warped, valid)
+    gain = np.clip(grid / np.maximum(upsample_grid(id_cells), 0.02), 0.2, 5.0)
+    tex = np.clip(warped.astype(np.float32) / 255.0 * gain, 0.0, 1.0)
+    # no more colourful than the face: a grey (night IR, ORL) face gets a grey identity, not one
+    # whose lips and eyes keep their colour around grey cell means
+    keep = min(1.0, _chroma(face_cells) / max(_chroma(id_cells), 1e-3))
+    if keep < 1.0:
+        lum = tex.mean(2, keepdims=True)
+        tex = lum + (tex - lum) * np.float32(keep)
+    tex *= valid[..., None]
     ctx = crop.astype(np.float32) / 255.0 * (1.0 - cover[..., None])
     x = np.concatenate([tex, valid[..., None], grid, ctx, cover[..., None]], 2)
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None]), cover
 
 
+def _chroma(cells: np.ndarray) -> float:
+    """Mean spread of B, G, R within a grid cell: 0 for grey."""
+    return float(np.mean(np.std(cells, axis=-1)))
+
+
+def fill_smooth(img: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Pull-push fill: `img` where `weight` is 1, a smooth blend of the known pixels around it where
+    it is 0 (a normalized image pyramid, coarse levels filling the holes of fine ones)."""
+    a, b = [img * weight[..., None]], [weight.astype(np.float32)]
+    while a[-1].shape[0] > 4:
+        a.append(cv2.pyrDown(a[-1]))
+        b.append(cv2.pyrDown(b[-1]))
+    out = a[-1] / np.maximum(b[-1], 1e-6)[..., None]
+    for ak, bk in zip(a[-2::-1], b[-2::-1]):
+        up = cv2.pyrUp(out, dstsize=(ak.shape[1], ak.shape[0]))
+        alpha = np.clip(bk * 2.0, 0.0, 1.0)[..., None]  # where half the footprint is known: its own mean
+        out = alpha * (ak / np.maximum(bk, 1e-6)[..., None]) + (1 - alpha) * up
+    return out
+
+
 def classic_render(x: np.ndarray) -> np.ndarray:
-    """No network: the recoloured identity where valid, the light grid elsewhere in the covered
-    region, the context outside. x: generator_input. Returns 128x128x3 float in 0..1 (BGR)."""
+    """No network: the recoloured identity where valid; between its edge and the edge of the covered
+    region a smooth fill from the identity's edge and the context (no detail of the original there:
+    the context is what stays visible anyway); the context outside. x: generator_input. Returns
+    128x128x3 float in 0..1 (BGR)."""
     x = x[0].transpose(1, 2, 0)
-    tex, valid, grid, ctx, cover = x[..., 0:3], x[..., 3:4], x[..., 4:7], x[..., 7:10], x[..., 10:11]
-    inner = valid * tex + (1 - valid) * grid
+    tex, valid, ctx, cover = x[..., 0:3], x[..., 3:4], x[..., 7:10], x[..., 10:11]
+    known = np.clip(valid + (1 - cover), 0.0, 1.0)[..., 0]
+    known = (known > 0.99).astype(np.float32)
+    fill = fill_smooth(np.ascontiguousarray(valid * tex + (1 - cover) * ctx), known)
+    # the identity fades into the fill over a few pixels inside its edge (no drawn outline)
+    soft = np.minimum(cv2.GaussianBlur(valid[..., 0], (0, 0), 2.5), valid[..., 0])[..., None]
+    inner = soft * tex + (1 - soft) * fill
     return cover * inner + (1 - cover) * ctx

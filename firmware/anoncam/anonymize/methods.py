@@ -1,7 +1,7 @@
 """The covering methods; each maps a face ROI (BGR uint8) to its replacement of the same size."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -41,4 +41,4 @@ def register(name: str, fn: Callable[..., np.ndarray]) -> None:
     METHODS[name] = fn
 
 
-from . import generative  # noqa: E402,F401  (registers `generative`)
+from . import generative  # noqa: F401  (registers `generative`)

