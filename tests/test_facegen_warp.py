@@ -92,3 +92,28 @@ def test_grey_face_gets_a_grey_identity(models, media):
     face = out[ys, xs].astype(int)
     assert np.abs(face - grey[ys, xs]).mean() > 5  # replaced ...
     assert (face.max(2) - face.min(2)).mean() < 3  # ... and grey
+
+
+def test_inverse_map_matches_the_full_one(geo, models, media):
+    """from_canonical's Newton inverse: within half a pixel of piecewise_map over the identity's
+    valid region on a real face (shape-pulled as at run time), leaving at most a few % of it
+    uncovered (folds)."""
+    import cv2
+    from anoncam.eval.metrics import Instruments
+
+    img = cv2.imread(str(media["astronaut"]))
+    inst = Instruments()
+    lm = inst.landmarks(img, inst.main_face(img))
+    bank = IdentityBank(assets.model_path("generator_identities"))
+    _, pts, _ = geo.crop(img, lm)
+    for shape in bank.shapes[:4]:
+        dst = fg.with_ring(pts + (shape - geo.mean))
+        full = fg.piecewise_map(geo.mean_ring, dst, geo.tris, use=geo.face_tris)
+        inv = fg.inverse_map(*geo._located, geo.mean_ring, dst, geo.tris)
+        region = full[0] > -999
+        region &= cv2.remap(geo.id_valid, full[0], full[1], cv2.INTER_LINEAR) > 0.5
+        assert region.sum() > 3000
+        ok = inv[0][region] > -999
+        assert ok.mean() > 0.95
+        err = np.hypot(full[0] - inv[0], full[1] - inv[1])[region][ok]
+        assert np.percentile(err, 99) < 0.5 and np.median(err) < 0.1, (np.percentile(err, 99), np.median(err))
