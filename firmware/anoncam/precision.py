@@ -11,7 +11,7 @@ The int8 file carries its identity in the ONNX metadata (`anoncam.precision`, `a
 `anoncam.key`), readable from a loaded session (`session.get_modelmeta().custom_metadata_map`).
 
 `model_file(name, precision)` is what the pipeline calls. With `int8`: the installed int8 file; if it
-is missing and the model is quick to build (the detector: a few seconds), it is built now, once;
+is missing and the model is quick to build (detector, generator: a few seconds), it is built now, once;
 otherwise, or if it cannot be built or failed its gate, the fp32 file is used and a WARNING says so
 and how to fix it. Never a silent fall back.
 """
@@ -45,7 +45,7 @@ SETTINGS = {
     "onnxruntime": ".".join(ort.__version__.split(".")[:2]),
 }
 # Models whose int8 file start-up may build on the fly (seconds, not minutes).
-BUILD_ON_START = {"yunet"}
+BUILD_ON_START = {"yunet", "generator"}
 _lock = threading.Lock()
 
 

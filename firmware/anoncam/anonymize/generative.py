@@ -82,7 +82,7 @@ class Generative:
             if use_net and precision not in self.nets:
                 from .. import precision as prec
                 from ..backends import open_model
-                path = prec.model_file(NET_ASSET, precision, build=False)
+                path = prec.model_file(NET_ASSET, precision)
                 self.nets[precision] = open_model(path, "onnx", threads=threads)
                 self.net_files[precision] = "fp32" if path == assets.model_path(NET_ASSET) else "int8"
                 log.info("generator network: %s", path)
