@@ -6,7 +6,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
 from anoncam import assets
 from anoncam.detect.yunet import YuNet
 

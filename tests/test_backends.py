@@ -3,7 +3,6 @@ import logging
 
 import numpy as np
 import pytest
-
 from anoncam.backends import open_model
 from anoncam.capture import SourceError, open_source
 from conftest import make_config

@@ -4,13 +4,12 @@ import subprocess
 
 import cv2
 import pytest
-from conftest import ANONCAM, make_config
-
 from anoncam import assets
 from anoncam.capture import open_source
 from anoncam.config import ConfigError, load
 from anoncam.pipeline import Pipeline
 from anoncam.runner import Runner
+from conftest import ANONCAM, make_config
 
 
 def run(args, env, **kw):

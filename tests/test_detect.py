@@ -2,10 +2,10 @@
 import cv2
 import numpy as np
 import pytest
-
 from anoncam.backends import open_model
 from anoncam.detect.facemesh import FaceMesh
 from anoncam.detect.yunet import YuNet
+
 from quantize.calib import FACES  # face centres counted by hand (22 + the astronaut)
 
 
@@ -17,8 +17,8 @@ def match(boxes, centres):
 
 @pytest.fixture(scope="module")
 def pipe(models):
-    from conftest import make_config
     from anoncam.pipeline import Pipeline
+    from conftest import make_config
     return Pipeline.from_config(make_config())
 
 

@@ -4,10 +4,9 @@ import time
 
 import cv2
 import numpy as np
-from conftest import make_config
-
 from anoncam.sinks.disk import DiskSink
 from anoncam.types import FrameResult
+from conftest import make_config
 
 
 def frames(n, shape=(120, 160, 3)):

@@ -2,10 +2,9 @@
 import cv2
 import numpy as np
 import pytest
-from conftest import make_config
-
 from anoncam.pipeline import Pipeline
 from anoncam.runner import Runner
+from conftest import make_config
 
 
 class BrokenPolicy:

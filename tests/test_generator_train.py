@@ -5,9 +5,8 @@ import sys
 import numpy as np
 import onnx
 import onnxruntime as ort
-from conftest import REPO
-
 from anoncam.anonymize import facegen as fg
+from conftest import REPO
 
 
 def test_two_training_steps_and_export(tmp_path, cli_env, models):

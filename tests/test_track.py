@@ -1,6 +1,5 @@
 """Tracker rules on plain boxes."""
 import numpy as np
-
 from anoncam.track import Tracker
 from anoncam.types import Detection
 

@@ -5,10 +5,9 @@ import subprocess
 import cv2
 import numpy as np
 import pytest
+from anoncam.pipeline import Pipeline
 from conftest import ANONCAM, make_config
 from helpers import is_covered, iter_frames, uncovered_frames, video_reference
-
-from anoncam.pipeline import Pipeline
 
 CLIPS = ["franck", "cap12", "cap13"]
 

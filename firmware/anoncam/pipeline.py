@@ -40,7 +40,7 @@ class Pipeline:
         self._det_runs = 0
 
     @classmethod
-    def from_config(cls, cfg: Config, policy: Policy | None = None) -> "Pipeline":
+    def from_config(cls, cfg: Config, policy: Policy | None = None) -> Pipeline:
         """Load and verify the models; a missing or corrupt file raises AssetError (path, sha256)."""
         rt = cfg.runtime
         det = precision.detector(cfg)  # int8/fp32 ONNX (providers) or a TFLite on LiteRT (Edge TPU)

@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .capture import open_source
 from .config import Config

@@ -41,4 +41,4 @@ def register(name: str, fn: Callable[..., np.ndarray]) -> None:
     METHODS[name] = fn
 
 
-from . import generative  # noqa: F401  (registers `generative`)
+from . import generative  # noqa: E402,F401  (registers `generative`)

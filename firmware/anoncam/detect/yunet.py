@@ -63,7 +63,7 @@ class YuNet:
         self.tiles = tiles
 
     @classmethod
-    def from_file(cls, path: Path, threads: int = 2, providers: list[str] | None = None, **kw) -> "YuNet":
+    def from_file(cls, path: Path, threads: int = 2, providers: list[str] | None = None, **kw) -> YuNet:
         return cls(open_model(dynamic_yunet(path), "onnx", threads=threads, providers=providers), **kw)
 
     def _run(self, img: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
