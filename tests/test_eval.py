@@ -96,6 +96,7 @@ def test_generative_hides_identity_and_keeps_the_rest(report):
     assert g["available"] and not g["error"]
     o = g["orl"]
     assert o["rank1"] < none["rank1"] - 0.5 and o["cos_orig_anon_mean"] < 0.25
+    assert len(o["rank1_per_key"]) == 3 and max(o["rank1_per_key"]) < none["rank1"] - 0.5  # every key
     assert o["yunet_found"] >= 0.95 and o["landmark_error_mean"] < 0.08
     assert o["gender_agreement"] >= 0.85 and o["age_mae"] <= 8
     assert g["franck"]["consecutive_cos_median"] >= 0.6 and g["franck"]["anon_orig_cos_median"] <= 0.3

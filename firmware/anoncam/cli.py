@@ -133,18 +133,19 @@ def cmd_eval(args) -> int:
         print(f"anoncam eval: unknown method(s) {', '.join(unknown) or '(none given)'}; "
               f"known: {', '.join(ev.known_methods())}", file=sys.stderr)
         return 2
-    if not 2 <= args.orl_people <= 40 or args.franck_frames < 0 or args.threads < 1:
-        print("anoncam eval: --orl-people must be 2..40, --franck-frames >= 0, --threads >= 1", file=sys.stderr)
+    if not 2 <= args.orl_people <= 40 or args.franck_frames < 0 or args.threads < 1 or args.keys < 1:
+        print("anoncam eval: --orl-people must be 2..40, --franck-frames >= 0, --threads >= 1, --keys >= 1",
+              file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     opts = ev.Options(methods=methods, out=Path(args.out), orl_people=args.orl_people,
                       franck_frames=args.franck_frames, threads=args.threads, config=load(args.config),
-                      progress=True)
+                      progress=True, keys=args.keys)
     rep = ev.run(opts)
     for name, m in rep["methods"].items():
         o = m.get("orl") or {}
         state = ("not available: " + m["reason"]) if not m["available"] else (
-            f"rank-1 {100 * o['rank1']:.1f} %, YuNet finds {100 * o['yunet_found']:.1f} %" if o else m["error"])
+            f"rank-1 {100 * (o.get('rank1_key_mean') or o['rank1']):.1f} %, YuNet finds {100 * o['yunet_found']:.1f} %" if o else m["error"])
         print(f"{name:11} {state}", file=sys.stderr)
     print(f"report: {Path(args.out) / 'report.md'}", file=sys.stderr)
     failed = [n for n, m in rep["methods"].items() if m["available"] and m.get("error")]
@@ -194,6 +195,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="out/eval", help="folder for report.md/.json and the PNG figures")
     e.add_argument("--orl-people", type=int, default=40, help="ORL people to use, 2..40")
     e.add_argument("--franck-frames", type=int, default=600, help="franck.mp4 frames (0: skip the video)")
+    e.add_argument("--keys", type=int, default=3, help=(
+        "random identity keys for generative: ORL rank-1 per key, the target on their mean (1: one key)"))
     e.add_argument("--threads", type=int, default=1, help="threads per model and for OpenCV")
     e.add_argument("--config", help="YAML config whose anonymize/detect settings are evaluated")
     e.set_defaults(fn=cmd_eval)

@@ -60,6 +60,8 @@ class IdentityBank:
 class Generative:
     """The method object registered as `generative`; loads its files once (`prepare`)."""
 
+    keyed = True  # its output depends on the anonymizer's identity key (`anoncam eval --keys`)
+
     def __init__(self):
         self._lock = threading.Lock()
         self.bank: IdentityBank | None = None

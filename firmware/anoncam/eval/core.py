@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ class Options:
     sheet_orl: int = 4     # ORL faces on the contact sheet
     sheet_group: int = 3   # group-photo faces on the contact sheet
     progress: bool = False
+    keys: int = 1          # identity keys per key-dependent method (generative): rank-1 per key
 
 
 def known_methods() -> list[str]:
@@ -96,6 +98,8 @@ class MethodRun:
         self.face_ms: list[float] = []
         self.face_cpu_ms: list[float] = []  # CPU time of this thread: honest on a shared, loaded machine
         self.first_ms: list[float] = []  # a track's first face (generative picks its identity then)
+        self.extra_keys: list[bytes] = []  # further identity keys (Options.keys - 1), key-dependent methods
+        self.extra_orl: list[list] = []     # per extra key: (person, shot, original, anonymized)
         self.video: dict = {}
 
     def anonymize(self, img: np.ndarray, det: Detection, landmarks: np.ndarray | None, track_id: int
@@ -134,7 +138,10 @@ def evaluate(opts: Options) -> dict:
             unavailable[name] = why
             log.warning("method %s not available: %s", name, why)
         else:
-            runs[name] = MethodRun(name, pipe)
+            runs[name] = run = MethodRun(name, pipe)
+            if getattr(method_registry.METHODS.get(name), "keyed", False) and opts.keys > 1:
+                run.extra_keys = [secrets.token_bytes(32) for _ in range(opts.keys - 1)]
+                run.extra_orl = [[] for _ in run.extra_keys]
 
     sheet_rows: list[dict[str, np.ndarray]] = []
     orl_info = _run_orl(inst, runs, opts, sheet_rows)
@@ -171,6 +178,15 @@ def _run_orl(inst: Instruments, runs: dict[str, MethodRun], opts: Options, sheet
                 _fail(run, e)
                 continue
             run.orl.append((im.person, im.shot, orig, inst.read(anon, det, lm)))
+            for j, key in enumerate(run.extra_keys):  # the same face under other identity keys
+                an = run.pipe.anonymizer
+                own, an.key = an.key, key
+                try:
+                    other = img.copy()
+                    an.face(other, _face(det, lm, (j + 1) * 1_000_000 + k))
+                finally:
+                    an.key = own
+                run.extra_orl[j].append((im.person, im.shot, orig, inst.read(other, det, lm)))
             if row is not None and run.name != BASELINE:
                 row[run.name] = tile(anon, det.box)
         if row is not None:
@@ -276,18 +292,26 @@ def _mean(xs) -> float | None:
     return float(np.mean(xs)) if len(xs) else None
 
 
+def _rank1(records: list) -> tuple[int, int, int]:
+    """(hits, probes, gallery size): gallery = shot 1 originals, probes = the other shots anonymized."""
+    gallery = {p: o.embedding for p, s, o, _ in records if s == 1}
+    names = sorted(gallery)
+    g = np.stack([gallery[p] for p in names]) if names else np.zeros((0, 128), np.float32)
+    probes = [(p, a) for p, s, _, a in records if s != 1]
+    hits = sum(1 for p, a in probes if len(names) and names[int(np.argmax(g @ a.embedding))] == p)
+    return hits, len(probes), len(names)
+
+
 def summarize_orl(run: MethodRun, people: int) -> dict:
     """ORL metrics of one method (see report.METRICS for their meaning)."""
     if not run.orl:
         return {}
     gallery = {p: o.embedding for p, s, o, _ in run.orl if s == 1}
     names = sorted(gallery)
-    g = np.stack([gallery[p] for p in names]) if names else np.zeros((0, 128), np.float32)
     probes = [(p, a) for p, s, _, a in run.orl if s != 1]
-    hits = 0
-    for p, a in probes:
-        if len(names) and names[int(np.argmax(g @ a.embedding))] == p:
-            hits += 1
+    hits = _rank1(run.orl)[0]
+    per_key = [_rank1(rec) for rec in [run.orl, *run.extra_orl]]
+    per_key = [h / n for h, n, _ in per_key if n]
     cos = [cosine(o.embedding, a.embedding) for _, _, o, a in run.orl]
     found = [a.det is not None for _, _, _, a in run.orl]
     ious = [iou(a.det.box, o.det.box) for _, _, o, a in run.orl if a.det is not None and o.det is not None]
@@ -299,6 +323,7 @@ def summarize_orl(run: MethodRun, people: int) -> dict:
     return {
         "faces": len(run.orl), "gallery": len(names), "probes": len(probes),
         "rank1": hits / len(probes) if probes else None, "chance": 1 / max(1, len(names)),
+        "rank1_per_key": per_key, "rank1_key_mean": _mean(per_key),
         "probes_aligned_by_original_detection": sum(not a.aligned_by_own_detection for p, a in probes),
         "cos_orig_anon_mean": _mean(cos), "cos_orig_anon_median": _median(cos),
         "yunet_found": _mean(found), "iou_mean": _mean(ious),
