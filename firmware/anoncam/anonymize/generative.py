@@ -89,7 +89,7 @@ class Generative:
                 self.net_files[precision] = "fp32" if path == assets.model_path(NET_ASSET) else "int8"
                 log.info("generator network: %s", path)
 
-    def identity(self, key: bytes, track_id: int, img: np.ndarray, pts: np.ndarray, mask_scale: float = 1.25
+    def identity(self, key: bytes, track_id: int, img: np.ndarray, pts: np.ndarray, mask_scale: float = 1.4
                  ) -> int:
         """Deterministic in (key, track id) and the track's first sighting: that frame fixes the
         candidates (same gender, nearest apparent age); in an order the HMAC sets, up to CHECK of them
@@ -147,7 +147,7 @@ class Generative:
         return np.clip(y * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
     def __call__(self, roi: np.ndarray, face_px: float, face=None, frame=None, roi_box=None, key=None,
-                 mask_scale: float = 1.25, min_face: int = 40, blocks: int = 8, use_net: bool = False,
+                 mask_scale: float = 1.4, min_face: int = 40, blocks: int = 8, use_net: bool = False,
                  precision: str = "int8", **_) -> np.ndarray:
         fallback = methods.pixelate(roi, face_px, blocks=blocks)
         if face is None or face.landmarks is None or frame is None or face_px < min_face:
