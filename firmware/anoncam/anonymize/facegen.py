@@ -242,7 +242,6 @@ def poly_mask(poly: np.ndarray, size: int = SIZE) -> np.ndarray:
 def light_grid(crop: np.ndarray, mask: np.ndarray, n: int = GRID) -> np.ndarray:
     """n x n x 3 mean colour (0..1) of `crop` over `mask`, per cell of the crop; an empty cell takes
     the mean of its non-empty neighbours, else the overall mean. The only lighting input."""
-    h, w = mask.shape
     m = mask.astype(np.float32)
     img = crop.astype(np.float32) * (m / 255.0)[..., None]
     # INTER_AREA at an integer factor = the mean over each cell

@@ -309,9 +309,9 @@ def summarize_orl(run: MethodRun, people: int) -> dict:
     gallery = {p: o.embedding for p, s, o, _ in run.orl if s == 1}
     names = sorted(gallery)
     probes = [(p, a) for p, s, _, a in run.orl if s != 1]
-    hits = _rank1(run.orl)[0]
-    per_key = [_rank1(rec) for rec in [run.orl, *run.extra_orl]]
-    per_key = [h / n for h, n, _ in per_key if n]
+    ranked = [_rank1(rec) for rec in [run.orl, *run.extra_orl]]
+    hits = ranked[0][0]
+    per_key = [h / n for h, n, _ in ranked if n]
     cos = [cosine(o.embedding, a.embedding) for _, _, o, a in run.orl]
     found = [a.det is not None for _, _, _, a in run.orl]
     ious = [iou(a.det.box, o.det.box) for _, _, o, a in run.orl if a.det is not None and o.det is not None]

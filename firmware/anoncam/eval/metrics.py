@@ -85,8 +85,7 @@ class Instruments:
                                         score_threshold=FOUND_SCORE, nms_threshold=0.3, tiles=0)
         self.mesh = FaceMesh(open_model(fetch_model("facemesh"), "tflite", threads=threads), 0.0)
         self.recognizer = cv2.FaceRecognizerSF.create(str(fetch_model("sface")), "")
-        fetch_model("age"), fetch_model("gender")
-        self.attrs = AgeGender(threads)
+        self.attrs = AgeGender(threads, path=fetch_model)
         self.fer_net = open_model(fetch_model("fer"), "tflite", threads=threads)
 
     # detection -------------------------------------------------------------------------------
