@@ -63,6 +63,45 @@ def uncovered_frames(original: Path, output: Path, boxes, solid_color=None) -> l
     return bad
 
 
+# SFace's own same-person threshold (OpenCV zoo): cosine 0.363
+SAME_PERSON = 0.363
+_sface = {}
+
+
+def sface_cosine(orig: np.ndarray, out: np.ndarray, box: np.ndarray) -> float | None:
+    """SFace cosine between the face at `box` in the original and the same place in the output,
+    both aligned with the reference detector's landmarks on the original (None: no reference face
+    there to align with)."""
+    if not _sface:
+        _sface["det"] = reference_detector()
+        _sface["rec"] = cv2.FaceRecognizerSF.create(str(assets.model_path("sface")), "")
+    det, rec = _sface["det"], _sface["rec"]
+    big = cv2.resize(orig, None, fx=REF_UPSCALE, fy=REF_UPSCALE, interpolation=cv2.INTER_CUBIC)
+    best, row = 0.3, None
+    for d in det.detect(big, tiles="none"):
+        bx, kps = d.box / REF_UPSCALE, d.kps / REF_UPSCALE
+        ix = np.maximum(0, np.minimum(bx[2:], box[2:]) - np.maximum(bx[:2], box[:2])).prod()
+        iou = ix / ((bx[2:] - bx[:2]).prod() + (box[2:] - box[:2]).prod() - ix)
+        if iou > best:
+            best = iou
+            row = np.array([bx[0], bx[1], bx[2] - bx[0], bx[3] - bx[1], *kps.reshape(-1), d.score], np.float32)
+    if row is None:
+        return None
+    fa, fb = (rec.feature(rec.alignCrop(img, row)).reshape(-1) for img in (orig, out))
+    return float(fa @ fb / (np.linalg.norm(fa) * np.linalg.norm(fb) + 1e-12))
+
+
+def is_hidden(orig: np.ndarray, out: np.ndarray, box: np.ndarray, solid_color=None,
+              same_person: float = SAME_PERSON) -> bool:
+    """Covered (detail gone: blur, pixelate, solid, a covered frame) or replaced (a synthetic face
+    that SFace no longer matches to the original person, cosine below `same_person`). A raw face
+    passes neither."""
+    if is_covered(orig, out, box, solid_color):
+        return True
+    cos = sface_cosine(orig, out, box)
+    return cos is not None and cos < same_person
+
+
 def read_frames(path: Path) -> list[np.ndarray]:
     cap = cv2.VideoCapture(str(path))
     frames = []

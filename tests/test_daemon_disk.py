@@ -9,7 +9,7 @@ import time
 import cv2
 import yaml
 from conftest import ANONCAM
-from helpers import is_covered, iter_frames, video_reference
+from helpers import is_hidden, iter_frames, video_reference
 
 CLIP = "cap13"
 
@@ -41,14 +41,14 @@ def test_daemon_output_has_no_uncovered_face(media, tmp_path, cli_env):
     i = leaks = 0
     for v in videos:
         for frame in iter_frames(v):
-            leaks += any(not is_covered(originals[i], frame, b) for b in boxes[i])
+            leaks += any(not is_hidden(originals[i], frame, b) for b in boxes[i])
             i += 1
     assert i == len(originals)
     assert leaks == 0
     for s in stills:
         idx = int(re.search(r"_(\d{8})\.jpg$", s.name).group(1))
         img = cv2.imread(str(s))
-        assert not any(not is_covered(originals[idx], img, b) for b in boxes[idx]), s.name
+        assert not any(not is_hidden(originals[idx], img, b) for b in boxes[idx]), s.name
     # logs carry counts, never image data
     assert '"frames"' in proc.stderr and len(proc.stderr) < 200_000
 

@@ -117,3 +117,31 @@ def test_inverse_map_matches_the_full_one(geo, models, media):
         assert ok.mean() > 0.95
         err = np.hypot(full[0] - inv[0], full[1] - inv[1])[region][ok]
         assert np.percentile(err, 99) < 0.5 and np.median(err) < 0.1, (np.percentile(err, 99), np.median(err))
+
+
+def test_no_outline_at_the_identity_edge(models, media):
+    """Where the synthetic identity meets the fill around it, the render draws no dark rim: along
+    the identity's edge the brightness stays within the range of just inside and just outside it
+    (a premultiplied edge or the source face's own hairline drew one)."""
+    import cv2
+    from anoncam.eval.metrics import Instruments
+
+    bank = IdentityBank(assets.model_path("generator_identities"))
+    geo, inst = bank.geo, Instruments()
+    k3 = np.ones((3, 3), np.uint8)
+    dips = []
+    for name in ("astronaut", "group2"):
+        img = cv2.imread(str(media[name]))
+        lm = inst.landmarks(img, inst.main_face(img))
+        crop, pts, _ = geo.crop(img, lm)
+        for idx in range(0, len(bank.textures), 40):
+            x, cover = fg.generator_input(geo, crop, pts, bank.textures[idx], 1.4, bank.shapes[idx],
+                                          fg.SHAPE_PULL, bank.valids[idx])
+            lum = cv2.cvtColor((fg.classic_render(x) * 255).astype(np.float32), cv2.COLOR_BGR2GRAY)
+            v = (x[0, 3] > 0.5).astype(np.uint8)
+            edge = (cv2.dilate(v, k3) - cv2.erode(v, k3)) > 0
+            inside = (cv2.erode(v, k3, iterations=2) - cv2.erode(v, k3, iterations=4)) > 0
+            outside = ((cv2.dilate(v, k3, iterations=4) - cv2.dilate(v, k3, iterations=2)) > 0) & (cover > 0.99)
+            ref = min(lum[inside].mean(), lum[outside].mean())
+            dips.append(ref - lum[edge].mean())
+    assert max(dips) < 2.0, np.round(dips, 1)

@@ -27,17 +27,19 @@ from anoncam.mqtt.client import MqttError, read_password
 from anoncam.mqtt.spool import Spool
 from anoncam.mqtt.topics import jpeg_comment
 from anoncam.mqtt.url import parse_url
-from conftest import ANONCAM
+from conftest import ANONCAM, make_config
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from helpers import is_covered, iter_frames, video_reference
+from helpers import is_hidden, iter_frames, video_reference
 from paho.mqtt.enums import CallbackAPIVersion
 
 CLIP = "cap13"
 CAM = "door"
 BASE = f"anoncam/{CAM}"
+RAW_SMALL = 0.6  # SFace cosine to the original at or above which a small snapshot face counts as raw
+DEFAULT_METHOD = make_config().anonymize.method  # what the daemon runs with no method configured
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 
@@ -223,7 +225,11 @@ def check_snapshot(jpeg: bytes, originals: list, boxes: list, solid_color=None) 
     if scale != 1:
         orig = cv2.resize(orig, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_AREA)
     for b in boxes[i]:
-        assert is_covered(orig, img, b * scale, solid_color), f"snapshot of frame {i}: face {b} is not covered"
+        # snapshots are small (320 px wide here), where SFace tells people apart less well: an
+        # unchanged face scores >= 0.97 after JPEG, a generated one 0.14-0.40 depending on the key
+        # (identity privacy is checked at full size in test_generative, at SFace's 0.363)
+        assert is_hidden(orig, img, b * scale, solid_color, same_person=RAW_SMALL), \
+            f"snapshot of frame {i}: face {b} is not covered"
     return len(boxes[i])
 
 
@@ -257,7 +263,7 @@ def test_every_topic_payload_and_discovery(media, tmp_path, cli_env, broker):
             assert tid in opened, f"{e['type']} before appear"
             if e["type"] == "end":
                 del opened[tid]
-        assert e["method"] == "blur" and e["frame_size"] == [400, 300]
+        assert e["method"] == DEFAULT_METHOD and e["frame_size"] == [400, 300]
     assert opened == {}, "every track ends (the daemon stopped cleanly)"
     assert {e["type"] for e in events} >= {"appear", "update", "end"}
 
@@ -273,7 +279,7 @@ def test_every_topic_payload_and_discovery(media, tmp_path, cli_env, broker):
         jsonschema.validate(s, STATS)
     assert stats[-1]["fps"] > 5 and stats[-1]["mqtt"]["connected"] and stats[-1]["mqtt"]["published"] > 0
     assert sub.last(f"{BASE}/enabled/state") == "ON" and sub.last(f"{BASE}/snapshots/state") == "ON"
-    assert sub.last(f"{BASE}/method/state") == "blur"
+    assert sub.last(f"{BASE}/method/state") == DEFAULT_METHOD
     assert all(m.payload.decode().isdigit() for m in sub.on(f"{BASE}/faces")) and sub.last(f"{BASE}/faces") == "1"
 
     # Home Assistant discovery: retained, right topics, unique ids, tied to availability
@@ -374,7 +380,7 @@ def test_commands_and_bad_payloads(media, tmp_path, cli_env, broker):
         return sub.last(f"{BASE}/{s}/state")
 
     try:
-        assert sub.wait(lambda: len(sub.on(f"{BASE}/snapshot")) >= 2 and state("method") == "blur", 30)
+        assert sub.wait(lambda: len(sub.on(f"{BASE}/snapshot")) >= 2 and state("method") == DEFAULT_METHOD, 30)
         bad = [("method", "sparkle"), ("method", "BLUR; rm -rf /"), ("enabled", "maybe"), ("enabled", ""),
                ("snapshots", "2"), ("volume", "11")]
         if "generative" not in METHODS:
@@ -388,12 +394,12 @@ def test_commands_and_bad_payloads(media, tmp_path, cli_env, broker):
             if setting != "volume":  # the unchanged state is published again
                 topic = f"{BASE}/{setting}/state"
                 assert sub.wait(lambda t=topic, n=n_state: len(sub.on(t)) > n, 5)
-        assert (state("method"), state("enabled"), state("snapshots")) == ("blur", "ON", "ON")
+        assert (state("method"), state("enabled"), state("snapshots")) == (DEFAULT_METHOD, "ON", "ON")
         t = time.time()
         assert sub.wait(lambda: any(json.loads(m.payload)["ts"] > t + 0.3 for m in sub.on(f"{BASE}/stats")), 5)
         last = json.loads(sub.on(f"{BASE}/stats")[-1].payload)
-        assert (last["method"], last["enabled"], last["snapshots"]) == ("blur", True, True)
-        assert [e["method"] for e in sub.events() if e["type"] != "error"][-1] == "blur"
+        assert (last["method"], last["enabled"], last["snapshots"]) == (DEFAULT_METHOD, True, True)
+        assert [e["method"] for e in sub.events() if e["type"] != "error"][-1] == DEFAULT_METHOD
 
         # a good method command switches the anonymization; snapshots stay covered
         sub.publish(f"{BASE}/method/set", "solid")

@@ -29,6 +29,14 @@ OVAL_HEIGHT = 76.0  # forehead (10) to chin (152) in the canonical crop
 GRID = 4
 SHAPE_PULL = 1.0  # run time: the mesh moves this far toward the synthetic identity's own face shape
 ID_OVAL_SCALE = 1.1  # identity texture is valid inside its face oval grown by this
+# Geometry.identity_valid: identity pixels are kept over brows, eyes, nose and lips (FaceMesh
+# indices, hull); elsewhere not where darker than DARK_EDGE x, or HUE_EDGE (|da| + |db|, 8-bit Lab)
+# off, the median colour inside the face oval scaled by INNER_BAND (hair, glasses, backdrop)
+FEATURES = np.array([70, 63, 105, 66, 107, 336, 296, 334, 293, 300, 46, 276, 61, 291, 17, 0, 146, 375,
+                     2, 98, 327])
+INNER_BAND = 0.8
+DARK_EDGE = 0.75
+HUE_EDGE = 16.0
 IN_CHANNELS = 11
 # inner lip contour (MediaPipe FACEMESH_LIPS, inner ring), in order
 INNER_LIPS = np.array([78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178,
@@ -299,19 +307,39 @@ class Geometry:
         mx, my = piecewise_map(with_ring(pts), self.mean_ring, self.tris)
         return cv2.remap(crop, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
-    def from_canonical(self, tex: np.ndarray, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """A canonical texture moved onto the mesh pts (crop pixels), and its validity mask."""
+    def identity_valid(self, tex: np.ndarray) -> np.ndarray:
+        """Where one identity texture is skin and features, not its own hair, glasses or backdrop:
+        the valid oval less the pixels around the features that are dark or off the face's skin
+        colour, smoothed and eroded so no outline of the source face is pasted."""
+        inner = poly_mask(oval_polygon(self.mean, INNER_BAND)) > 0.5
+        features = poly_mask(cv2.convexHull(self.mean[FEATURES]).reshape(-1, 2)) > 0.5
+        lab = cv2.cvtColor(tex, cv2.COLOR_BGR2LAB).astype(np.float32)
+        ref = np.median(lab[inner], axis=0)
+        off = (lab[..., 0] < DARK_EDGE * ref[0]) | (np.abs(lab[..., 1:] - ref[1:]).sum(-1) > HUE_EDGE)
+        off = cv2.dilate((off & ~features).astype(np.uint8), np.ones((3, 3), np.uint8))
+        v = (self.id_valid > 0.99).astype(np.uint8) * (1 - off)
+        _, lab = cv2.connectedComponents(v)
+        if lab[SIZE // 2, SIZE // 2]:
+            v = (lab == lab[SIZE // 2, SIZE // 2]).astype(np.uint8)
+        v = (cv2.GaussianBlur(v.astype(np.float32), (0, 0), 2.5) > 0.6).astype(np.uint8)
+        return cv2.erode(v, np.ones((3, 3), np.uint8)).astype(np.float32)
+
+    def from_canonical(self, tex: np.ndarray, pts: np.ndarray, valid: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """A canonical texture moved onto the mesh pts (crop pixels), and its validity mask
+        (`valid` in the canonical frame; the whole identity oval if None)."""
         mx, my = inverse_map(*self._located, self.mean_ring, with_ring(pts), self.tris)
         out = cv2.remap(tex, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        valid = cv2.remap(self.id_valid, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        valid = cv2.remap(self.id_valid if valid is None else valid, mx, my, cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT)
         mouth = poly_mask(pts[INNER_LIPS])
         valid = valid * (1.0 - mouth)
         return out, valid
 
 
 def generator_input(geo: Geometry, crop: np.ndarray, pts: np.ndarray, id_tex: np.ndarray,
-                    mask_scale: float, id_shape: np.ndarray | None = None, pull: float = 0.0
-                    ) -> tuple[np.ndarray, np.ndarray]:
+                    mask_scale: float, id_shape: np.ndarray | None = None, pull: float = 0.0,
+                    id_valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(input 1x11x128x128 float32, covered-region mask 128x128) for one face crop (BGR uint8).
     The original face enters only through its mesh `pts` (pulled by `pull` toward the identity's
     own shape `id_shape`, canonical frame), the 4x4 light grid over its face oval, and the crop
@@ -323,7 +351,7 @@ def generator_input(geo: Geometry, crop: np.ndarray, pts: np.ndarray, id_tex: np
     grid = upsample_grid(face_cells)
     if id_shape is not None and pull:
         pts = pts + np.float32(pull) * (id_shape.astype(np.float32) - geo.mean)
-    warped, valid = geo.from_canonical(id_tex, pts)
+    warped, valid = geo.from_canonical(id_tex, pts, id_valid)
     id_cells = light_grid(warped, valid)
     gain = np.clip(grid / np.maximum(upsample_grid(id_cells), 0.02), 0.2, 5.0)
     tex = np.clip(warped.astype(np.float32) / 255.0 * gain, 0.0, 1.0)
@@ -369,7 +397,8 @@ def classic_render(x: np.ndarray) -> np.ndarray:
     known = np.clip(valid + (1 - cover), 0.0, 1.0)[..., 0]
     known = (known > 0.99).astype(np.float32)
     fill = fill_smooth(np.ascontiguousarray(valid * tex + (1 - cover) * ctx), known)
-    # the identity fades into the fill over a few pixels inside its edge (no drawn outline)
+    # the identity fades into the fill over a few pixels inside its edge (no drawn outline: tex is
+    # premultiplied by valid, so its edge pixels are divided back to their own colour)
     soft = np.minimum(cv2.GaussianBlur(valid[..., 0], (0, 0), 2.5), valid[..., 0])[..., None]
-    inner = soft * tex + (1 - soft) * fill
+    inner = soft * (tex / np.maximum(valid, 1e-3)) + (1 - soft) * fill
     return cover * inner + (1 - cover) * ctx

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 BANK_ASSET = "generator_identities"
 NET_ASSET = "generator"
 CHECK = 4  # at most this many candidate identities rendered and read at a track's first sighting
+MIN_VALID = 0.5  # share of the identity oval that must be the identity's own skin and features
 AGE_OK = 4.0  # years: a candidate this close in apparent age (and of the same gender) is taken
 NO_NET = "no network (numpy renderer, no model to quantize)"
 
@@ -42,6 +43,10 @@ class IdentityBank:
         self.geo = fg.Geometry(d["mean_shape"], d["tris"])
         jpeg, off = d["jpeg"], d["offsets"]
         self.textures = [cv2.imdecode(jpeg[off[i]:off[i + 1]], cv2.IMREAD_COLOR) for i in range(len(off) - 1)]
+        self.valids = [self.geo.identity_valid(t) for t in self.textures]
+        # identities with little skin left after identity_valid (hair, glasses) are not chosen
+        full = float((self.geo.id_valid > 0.99).sum())
+        self.whole = np.array([v.sum() / full >= MIN_VALID for v in self.valids])
         self.grids = d["grid"].astype(np.float32)
         self.shapes = d["shape"].astype(np.float32) if "shape" in d else None
         self.age = d["age"].astype(np.float32)
@@ -49,7 +54,7 @@ class IdentityBank:
 
     def candidates(self, age: float, male: float, k: int = 12) -> np.ndarray:
         """The k identities of the same (clearly read) gender nearest in apparent age."""
-        same = ((self.male >= 0.5) == (male >= 0.5)) & (np.abs(self.male - 0.5) >= 0.3)
+        same = ((self.male >= 0.5) == (male >= 0.5)) & (np.abs(self.male - 0.5) >= 0.3) & self.whole
         ids = np.flatnonzero(same)
         if len(ids) == 0:
             ids = np.arange(len(self.textures))
@@ -137,7 +142,7 @@ class Generative:
         """The generated 128x128 BGR uint8 crop for identity idx (network-free without `net`)."""
         shape = None if self.bank.shapes is None else self.bank.shapes[idx]
         x, _ = fg.generator_input(self.bank.geo, crop, pts, self.bank.textures[idx], mask_scale, shape,
-                                  fg.SHAPE_PULL)
+                                  fg.SHAPE_PULL, self.bank.valids[idx])
         if net is not None:
             y = net.run(x)[0][0].transpose(1, 2, 0)
         else:
