@@ -136,7 +136,7 @@ def test_no_outline_at_the_identity_edge(models, media):
         crop, pts, _ = geo.crop(img, lm)
         for idx in range(0, len(bank.textures), 40):
             x, cover = fg.generator_input(geo, crop, pts, bank.textures[idx], 1.4, bank.shapes[idx],
-                                          fg.SHAPE_PULL, bank.valids[idx])
+                                          fg.SHAPE_PULL, bank.valid(idx))
             lum = cv2.cvtColor((fg.classic_render(x) * 255).astype(np.float32), cv2.COLOR_BGR2GRAY)
             v = (x[0, 3] > 0.5).astype(np.uint8)
             edge = (cv2.dilate(v, k3) - cv2.erode(v, k3)) > 0

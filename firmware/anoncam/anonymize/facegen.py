@@ -291,6 +291,8 @@ class Geometry:
         # valid identity pixel
         self.face_tris = (self.tris < len(self.mean)).any(1)
         self._located = locate(self.mean_ring, self.mean_ring, self.tris, use=self.face_tris)
+        self._inner = poly_mask(oval_polygon(self.mean, INNER_BAND)) > 0.5
+        self._features = poly_mask(cv2.convexHull(self.mean[FEATURES]).reshape(-1, 2)) > 0.5
 
     def align(self, landmarks: np.ndarray) -> np.ndarray:
         """2x3 similarity from frame pixels to the canonical crop."""
@@ -311,12 +313,10 @@ class Geometry:
         """Where one identity texture is skin and features, not its own hair, glasses or backdrop:
         the valid oval less the pixels around the features that are dark or off the face's skin
         colour, smoothed and eroded so no outline of the source face is pasted."""
-        inner = poly_mask(oval_polygon(self.mean, INNER_BAND)) > 0.5
-        features = poly_mask(cv2.convexHull(self.mean[FEATURES]).reshape(-1, 2)) > 0.5
         lab = cv2.cvtColor(tex, cv2.COLOR_BGR2LAB).astype(np.float32)
-        ref = np.median(lab[inner], axis=0)
+        ref = np.median(lab[self._inner], axis=0)
         off = (lab[..., 0] < DARK_EDGE * ref[0]) | (np.abs(lab[..., 1:] - ref[1:]).sum(-1) > HUE_EDGE)
-        off = cv2.dilate((off & ~features).astype(np.uint8), np.ones((3, 3), np.uint8))
+        off = cv2.dilate((off & ~self._features).astype(np.uint8), np.ones((3, 3), np.uint8))
         v = (self.id_valid > 0.99).astype(np.uint8) * (1 - off)
         _, lab = cv2.connectedComponents(v)
         if lab[SIZE // 2, SIZE // 2]:

@@ -17,6 +17,7 @@ import hmac
 import logging
 import threading
 from collections import OrderedDict
+from itertools import islice
 from pathlib import Path
 
 import cv2
@@ -43,23 +44,30 @@ class IdentityBank:
         self.geo = fg.Geometry(d["mean_shape"], d["tris"])
         jpeg, off = d["jpeg"], d["offsets"]
         self.textures = [cv2.imdecode(jpeg[off[i]:off[i + 1]], cv2.IMREAD_COLOR) for i in range(len(off) - 1)]
-        self.valids = [self.geo.identity_valid(t) for t in self.textures]
-        # identities with little skin left after identity_valid (hair, glasses) are not chosen
-        full = float((self.geo.id_valid > 0.99).sum())
-        self.whole = np.array([v.sum() / full >= MIN_VALID for v in self.valids])
+        self._valid: dict[int, np.ndarray] = {}  # identity -> Geometry.identity_valid, made on first use
+        self._full = float((self.geo.id_valid > 0.99).sum())
         self.grids = d["grid"].astype(np.float32)
         self.shapes = d["shape"].astype(np.float32) if "shape" in d else None
         self.age = d["age"].astype(np.float32)
         self.male = d["male"].astype(np.float32)
 
+    def valid(self, idx: int) -> np.ndarray:
+        """Where identity idx's texture is its own skin and features (canonical frame)."""
+        v = self._valid.get(idx)
+        if v is None:
+            v = self._valid[idx] = self.geo.identity_valid(self.textures[idx])
+        return v
+
     def candidates(self, age: float, male: float, k: int = 12) -> np.ndarray:
-        """The k identities of the same (clearly read) gender nearest in apparent age."""
-        same = ((self.male >= 0.5) == (male >= 0.5)) & (np.abs(self.male - 0.5) >= 0.3) & self.whole
+        """The k identities of the same (clearly read) gender nearest in apparent age, among those
+        with at least MIN_VALID of their oval left as their own skin (not hair or glasses)."""
+        same = ((self.male >= 0.5) == (male >= 0.5)) & (np.abs(self.male - 0.5) >= 0.3)
         ids = np.flatnonzero(same)
         if len(ids) == 0:
             ids = np.arange(len(self.textures))
-        order = np.argsort(np.abs(self.age[ids] - age), kind="stable")
-        return np.sort(ids[order[:k]])
+        order = ids[np.argsort(np.abs(self.age[ids] - age), kind="stable")]
+        whole = (int(i) for i in order if self.valid(int(i)).sum() >= MIN_VALID * self._full)
+        return np.sort(list(islice(whole, k)) or order[:k])
 
 
 class Generative:
@@ -142,7 +150,7 @@ class Generative:
         """The generated 128x128 BGR uint8 crop for identity idx (network-free without `net`)."""
         shape = None if self.bank.shapes is None else self.bank.shapes[idx]
         x, _ = fg.generator_input(self.bank.geo, crop, pts, self.bank.textures[idx], mask_scale, shape,
-                                  fg.SHAPE_PULL, self.bank.valids[idx])
+                                  fg.SHAPE_PULL, self.bank.valid(idx))
         if net is not None:
             y = net.run(x)[0][0].transpose(1, 2, 0)
         else:
