@@ -134,3 +134,23 @@ class AgeGender:
             out.append(net.run(np.ascontiguousarray(x))[0].reshape(-1))
         p_gender, p_age = out
         return float(p_gender[1]), float(np.dot(p_age, AGE_WEIGHTS))
+
+
+# FaceMesh points averaged into SFace's five: right eye, left eye, nose tip, mouth corners (image
+# left to right, as YuNet gives them)
+MESH_FOR_SFACE = ((33, 133), (362, 263), (1,), (61,), (291,))
+
+
+class Likeness:
+    """SFace (OpenCV zoo, int8bq) embeddings aligned on FaceMesh landmarks: how much a generated face
+    still looks like the original to a face recognizer."""
+
+    def __init__(self, path=assets.model_path):
+        self.rec = cv2.FaceRecognizerSF.create(str(path("sface")), "")
+
+    def embed(self, img: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        kps = np.array([landmarks[list(i)].mean(0) for i in MESH_FOR_SFACE], np.float32)
+        (x0, y0), (x1, y1) = landmarks.min(0), landmarks.max(0)
+        row = np.array([x0, y0, x1 - x0, y1 - y0, *kps.reshape(-1), 1.0], np.float32)
+        f = self.rec.feature(self.rec.alignCrop(img, row)).reshape(-1)
+        return f / (np.linalg.norm(f) + 1e-12)

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from .. import assets
-from ..attributes import AgeGender
+from ..attributes import AgeGender, Likeness
 from . import facegen as fg
 from . import methods
 
@@ -32,8 +32,10 @@ log = logging.getLogger(__name__)
 
 BANK_ASSET = "generator_identities"
 NET_ASSET = "generator"
-CHECK = 4  # at most this many candidate identities rendered and read at a track's first sighting
+CHECK = 4  # candidate identities rendered and read at a track's first sighting (up to 2x while SFace matches them)
 MIN_VALID = 0.5  # share of the identity oval that must be the identity's own skin and features
+LIKE_PENALTY = 1000.0  # score of a candidate SFace still matches to the original
+LIKE_MAX = 0.25  # SFace cosine to the original at or above which a candidate is not taken (same person: 0.363)
 AGE_OK = 4.0  # years: a candidate this close in apparent age (and of the same gender) is taken
 NO_NET = "no network (numpy renderer, no model to quantize)"
 
@@ -83,6 +85,7 @@ class Generative:
         # what the last face ran on (read by `anoncam eval`)
         self.precision = NO_NET
         self.attrs: AgeGender | None = None
+        self.likeness: Likeness | None = None
         self._tracks: OrderedDict[bytes, int] = OrderedDict()  # HMAC(key, track) -> identity index
 
     def prepare(self, use_net: bool = False, precision: str = "int8", threads: int = 1) -> None:
@@ -93,6 +96,7 @@ class Generative:
             if self.bank is None:
                 bank = IdentityBank(assets.model_path(BANK_ASSET))
                 self.attrs = AgeGender()
+                self.likeness = Likeness()
                 self.bank = bank
             if use_net and precision not in self.nets:
                 from .. import precision as prec
@@ -114,15 +118,16 @@ class Generative:
             male, age = self.attrs.read(img, pts)
             ids = self.bank.candidates(age, male)
             start = int.from_bytes(tag[:8], "big") % len(ids)
-            picks = [int(ids[(start + i) % len(ids)]) for i in range(min(CHECK, len(ids)))]
-            idx = picks[0]
-            if len(picks) > 1:
-                scores = {}
-                for j in picks:  # the first that reads as the same gender and about the same age
-                    scores[j] = self._mismatch(img, pts, j, age, male, mask_scale)
-                    if scores[j] <= AGE_OK:
-                        break
-                idx = min(scores, key=scores.get)
+            picks = [int(ids[(start + i) % len(ids)]) for i in range(min(2 * CHECK, len(ids)))]
+            ref = self.likeness.embed(img, pts)
+            scores = {}
+            for j in picks:
+                scores[j] = self._mismatch(img, pts, j, age, male, mask_scale, ref)
+                # the first that a face recognizer does not match to the original and that reads
+                # as the same gender and about the same age; past CHECK, the first not matched
+                if scores[j] <= AGE_OK or (len(scores) >= CHECK and min(scores.values()) < LIKE_PENALTY):
+                    break
+            idx = min(scores, key=scores.get)
             self._tracks[tag] = idx
             while len(self._tracks) > 512:
                 self._tracks.popitem(last=False)
@@ -131,10 +136,11 @@ class Generative:
         return idx
 
     def _mismatch(self, img: np.ndarray, pts: np.ndarray, idx: int, age: float, male: float,
-                  mask_scale: float) -> float:
+                  mask_scale: float, ref: np.ndarray) -> float:
         """How far identity idx, rendered into this face and pasted back, reads from the original:
-        a flipped gender outweighs any age gap. Works on a copy of the face's neighbourhood (never
-        written anywhere)."""
+        still matched to it by SFace (`ref`: the original's embedding) outweighs a flipped gender,
+        which outweighs any age gap. Works on a copy of the face's neighbourhood (never written
+        anywhere)."""
         x0, y0 = np.floor(pts.min(0) - (pts.max(0) - pts.min(0))).astype(int).clip(0)
         x1, y1 = np.ceil(pts.max(0) + (pts.max(0) - pts.min(0))).astype(int)
         region = img[y0:y1, x0:x1].copy()
@@ -144,7 +150,8 @@ class Generative:
         cv2.warpAffine(out, cv2.invertAffineTransform(m), region.shape[1::-1], dst=region,
                        flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT)
         m_, a_ = self.attrs.read(region, local)
-        return 100.0 * ((m_ >= 0.5) != (male >= 0.5)) + abs(a_ - age)
+        like = float(ref @ self.likeness.embed(region, local))
+        return LIKE_PENALTY * (like >= LIKE_MAX) + 100.0 * ((m_ >= 0.5) != (male >= 0.5)) + abs(a_ - age)
 
     def render(self, crop: np.ndarray, pts: np.ndarray, idx: int, mask_scale: float, net=None) -> np.ndarray:
         """The generated 128x128 BGR uint8 crop for identity idx (network-free without `net`)."""
