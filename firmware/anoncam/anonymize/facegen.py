@@ -318,9 +318,9 @@ class Geometry:
         off = (lab[..., 0] < DARK_EDGE * ref[0]) | (np.abs(lab[..., 1:] - ref[1:]).sum(-1) > HUE_EDGE)
         off = cv2.dilate((off & ~self._features).astype(np.uint8), np.ones((3, 3), np.uint8))
         v = (self.id_valid > 0.99).astype(np.uint8) * (1 - off)
-        _, lab = cv2.connectedComponents(v)
-        if lab[SIZE // 2, SIZE // 2]:
-            v = (lab == lab[SIZE // 2, SIZE // 2]).astype(np.uint8)
+        _, labels = cv2.connectedComponents(v)
+        if labels[SIZE // 2, SIZE // 2]:
+            v = (labels == labels[SIZE // 2, SIZE // 2]).astype(np.uint8)
         v = (cv2.GaussianBlur(v.astype(np.float32), (0, 0), 2.5) > 0.6).astype(np.uint8)
         return cv2.erode(v, np.ones((3, 3), np.uint8)).astype(np.float32)
 
