@@ -13,7 +13,7 @@ from anoncam.anonymize.apply import Anonymizer
 from anoncam.anonymize.masks import face_polygon, feathered, roi_for
 from anoncam.pipeline import Pipeline
 from conftest import ANONCAM, make_config
-from helpers import core, iter_frames, video_reference
+from helpers import SAME_PERSON, core, iter_frames, sface_cosine, video_reference
 
 
 @pytest.fixture(scope="module")
@@ -139,39 +139,19 @@ def test_small_faces_fall_back_to_pixelate(models, media):
     assert not np.array_equal(f, outs["pixelate"])
 
 
-def _sface():
-    return cv2.FaceRecognizerSF.create(str(assets.model_path("sface")), "")
-
-
-def _embed(rec, img, det_row):
-    f = rec.feature(rec.alignCrop(img, det_row)).reshape(-1)
-    return f / (np.linalg.norm(f) + 1e-12)
-
-
-# SFace's own same-person threshold (OpenCV zoo) is cosine 0.363
-SAME_PERSON = 0.363
-
-
 def test_no_identity_leak_on_video(media, tmp_path, cli_env):
     """Every frame of cap13 where the reference detector finds a face: SFace on the output, aligned
     with the original's own detection, no longer matches the original person."""
-    from helpers import reference_detector
     src, out = media["cap13"], tmp_path / "cap13_generative.mp4"
     subprocess.run([*ANONCAM, "anonymize", str(src), "-o", str(out), "--method", "generative", "-q"],
                    env=cli_env, check=True, timeout=900)
     boxes = video_reference(src)
-    det = reference_detector()
-    rec = _sface()
     bad, checked, sims = [], 0, []
     for i, (a, b) in enumerate(zip(iter_frames(src), iter_frames(out))):
-        if not boxes[i]:
-            continue
-        big = cv2.resize(a, None, fx=1.5, fy=1.5, interpolation=cv2.INTER_CUBIC)
-        for d in det.detect(big, tiles="none"):
-            bx = d.box / 1.5
-            kps = d.kps / 1.5
-            row = np.array([bx[0], bx[1], bx[2] - bx[0], bx[3] - bx[1], *kps.reshape(-1), d.score], np.float32)
-            s = float(_embed(rec, a, row) @ _embed(rec, b, row))
+        for box in boxes[i]:
+            s = sface_cosine(a, b, box)
+            if s is None:
+                continue
             sims.append(s)
             checked += 1
             if s >= SAME_PERSON:
