@@ -34,8 +34,11 @@ BANK_ASSET = "generator_identities"
 NET_ASSET = "generator"
 CHECK = 4  # candidate identities rendered and read at a track's first sighting (up to 2x while SFace matches them)
 MIN_VALID = 0.5  # share of the identity oval that must be the identity's own skin and features
-LIKE_PENALTY = 1000.0  # score of a candidate SFace still matches to the original
-LIKE_MAX = 0.25  # SFace cosine to the original at or above which a candidate is not taken (same person: 0.363)
+LIKE_PENALTY = 1000.0  # score of a candidate SFace still matches to the original (times 1 + cosine)
+# SFace cosine to the original (first sighting) at or above which a candidate is not taken. SFace's
+# same-person threshold is 0.363; along a clip a face's cosine rises up to ~0.13 above its first
+# sighting's (cap13), hence the margin
+LIKE_MAX = 0.2
 AGE_OK = 4.0  # years: a candidate this close in apparent age (and of the same gender) is taken
 NO_NET = "no network (numpy renderer, no model to quantize)"
 
@@ -151,7 +154,9 @@ class Generative:
                        flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT)
         m_, a_ = self.attrs.read(region, local)
         like = float(ref @ self.likeness.embed(region, local))
-        return LIKE_PENALTY * (like >= LIKE_MAX) + 100.0 * ((m_ >= 0.5) != (male >= 0.5)) + abs(a_ - age)
+        # a matched candidate is taken only if all are matched, then the least similar one
+        matched = LIKE_PENALTY * (1.0 + like) if like >= LIKE_MAX else 0.0
+        return matched + 100.0 * ((m_ >= 0.5) != (male >= 0.5)) + abs(a_ - age)
 
     def render(self, crop: np.ndarray, pts: np.ndarray, idx: int, mask_scale: float, net=None) -> np.ndarray:
         """The generated 128x128 BGR uint8 crop for identity idx (network-free without `net`)."""
