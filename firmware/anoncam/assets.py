@@ -11,6 +11,7 @@ files). A folder is extracted as a whole to blobs/<sha256>/<folder name>/ and it
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -70,7 +71,12 @@ def _manifest_text(kind: str) -> str:
 
 
 def load_manifest(kind: str = "models") -> dict[str, Asset]:
-    data = yaml.safe_load(_manifest_text(kind))[kind]
+    return dict(_manifest(kind))  # a copy: callers may change theirs
+
+
+@functools.cache
+def _manifest(kind: str) -> dict[str, Asset]:
+    data = yaml.load(_manifest_text(kind), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))[kind]
     out = {}
     for name, d in data.items():
         is_dir = "member_dir" in d

@@ -42,10 +42,15 @@ def cmd_anonymize(args) -> int:
     from .pipeline import Pipeline
     cfg = _config(args)
     logs.setup(cfg.log.level, cfg.log.format)
+    # With 2+ threads, videos decode and detect in a second thread ahead of the rest, and each
+    # stage's models get half the threads (two 1-thread stages beat one 2-thread stage ~1.6x).
+    threads = cfg.runtime.threads
+    if threads >= 2:
+        cfg = override(cfg, **{"runtime.threads": threads // 2})
     try:
         pipe = Pipeline.from_config(cfg)
         report = anonymize_paths(pipe, [Path(p) for p in args.inputs], Path(args.output),
-                                 progress=not args.quiet and sys.stderr.isatty())
+                                 progress=not args.quiet and sys.stderr.isatty(), read_ahead=threads >= 2)
     except InputError as e:
         print(f"anoncam: {e}", file=sys.stderr)
         return 2
@@ -174,7 +179,8 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--method", choices=METHODS, help="override anonymize.method")
     a.add_argument("--config", help="YAML config file")
     a.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    a.add_argument("--threads", type=int, help="override runtime.threads")
+    a.add_argument("--threads", type=int, help="override runtime.threads; with 2 or more, videos run in two "
+                   "stages (decode + detect ahead of the rest), each with half the threads")
     a.add_argument("--stats", help="write frame counts and per-stage ms (p50/p95) as JSON to this file")
     a.set_defaults(fn=cmd_anonymize)
 

@@ -8,6 +8,9 @@ left under an output name unless it was completely written.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +20,7 @@ from tqdm import tqdm
 
 from .capture import IMAGE_EXT, VIDEO_EXT
 from .capture.files import read_image
-from .pipeline import Pipeline
+from .pipeline import AUTO, Pipeline
 from .sinks.files import VideoFile, encode_image, write_atomic
 from .stats import Stats
 
@@ -76,44 +79,125 @@ def anonymize_image(pipe: Pipeline, src: Path, dst: Path, stats: Stats, quality:
     write_atomic(dst, encode_image(res.image, dst.suffix, quality))
 
 
-def anonymize_video(pipe: Pipeline, src: Path, dst: Path, stats: Stats, progress: bool = True) -> None:
+MAX_MISSES = 25  # undecodable frames in a row inside a stream before it counts as ended
+
+
+@dataclass
+class Ahead:
+    """One decoded frame (None: undecodable, keep its place covered) and, when read ahead, its
+    detections (or the exception the detector raised) and the detector's ms."""
+    frame: np.ndarray | None
+    detections: object = AUTO
+    detect_ms: float | None = None
+
+
+def read_frames(cap, first: np.ndarray, expected: int):
+    """The frames of an open capture, `first` already read; an undecodable frame inside the stream
+    comes as None (up to MAX_MISSES in a row; none past the container's frame count)."""
+    yield first
+    i, misses = 1, 0
+    while True:
+        ok, frame = cap.read()
+        if ok and frame is not None:
+            misses = 0
+            yield frame
+        elif i >= expected or misses >= MAX_MISSES:
+            return
+        else:
+            misses += 1
+            yield None
+        i += 1
+
+
+class ReadAhead:
+    """Decode and detect in a second thread, a few frames ahead of landmarks/anonymize/encode in the
+    caller's. Raw frames stay in memory in a short queue."""
+
+    DEPTH = 4
+
+    def __init__(self, frames, pipe: Pipeline):
+        self.q: queue.Queue = queue.Queue(self.DEPTH)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(frames, pipe), name="read-ahead", daemon=True)
+        self.thread.start()
+
+    def _put(self, item) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, frames, pipe: Pipeline) -> None:
+        try:
+            for i, frame in enumerate(frames):
+                item = Ahead(frame)
+                if frame is not None:
+                    t = time.perf_counter()
+                    try:
+                        item.detections = pipe.detect(frame, i)
+                    except Exception as e:  # process() fails this frame closed
+                        item.detections = e
+                    item.detect_ms = (time.perf_counter() - t) * 1000
+                if not self._put(item):
+                    return
+            self._put(None)
+        except BaseException as e:  # a decoder fault ends the file as an error in the caller
+            self._put(e)
+
+    def __iter__(self):
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise ValueError(f"decoding failed: {item}") from item
+            yield item
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def anonymize_video(pipe: Pipeline, src: Path, dst: Path, stats: Stats, progress: bool = True,
+                    read_ahead: bool = False) -> None:
+    """`read_ahead`: decode and detect in a second thread, a few frames ahead."""
     cap = cv2.VideoCapture(str(src))
+    ahead = None
     try:
         if not cap.isOpened():
             raise ValueError(f"{src}: cannot open as video")
-        ok, frame = cap.read()
-        if not ok or frame is None:
+        ok, first = cap.read()
+        if not ok or first is None:
             raise ValueError(f"{src}: no decodable video frames")
         fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
         expected = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        h, w = frame.shape[:2]
+        h, w = first.shape[:2]
         out = VideoFile(dst, fps, (w, h))
         pipe.reset()
+        frames = read_frames(cap, first, expected)
+        if read_ahead:
+            items = ahead = ReadAhead(frames, pipe)
+        else:
+            items = (Ahead(f) for f in frames)
         bar = tqdm(total=expected or None, desc=src.name, unit="f", disable=not progress, leave=False)
-        i = misses = 0
         try:
-            while True:
-                if frame is None:
-                    ok, frame = cap.read()
-                    if not ok:
-                        if i >= expected or misses >= 25:
-                            break
-                        misses += 1  # an undecodable frame inside the stream: keep its place, covered
-                        frame = np.zeros((h, w, 3), np.uint8)
-                        pipe.anonymizer.cover_all(frame)
-                        stats.frame("dropped", {}, 0)
-                        out.write(frame)
-                        frame = None
-                        i += 1
-                        bar.update()
-                        continue
-                res = pipe.process(frame, i, live=False)
-                if res.image is None:  # dropped by the failsafe: write it covered to keep the timing
+            for i, item in enumerate(items):
+                frame = item.frame
+                if frame is None:  # undecodable: keep its place, covered
+                    frame = np.zeros((h, w, 3), np.uint8)
                     pipe.anonymizer.cover_all(frame)
-                stats.frame(res.status, res.timings, len(res.faces))
+                    stats.frame("dropped", {}, 0)
+                else:
+                    res = pipe.process(frame, i, live=False, detections=item.detections)
+                    if res.image is None:  # dropped by the failsafe: write it covered to keep the timing
+                        pipe.anonymizer.cover_all(frame)
+                    if item.detect_ms is not None:
+                        res.timings["detect"] = item.detect_ms
+                    stats.frame(res.status, res.timings, len(res.faces))
                 out.write(frame)
-                frame = None
-                i += 1
                 bar.update()
         except BaseException:
             out.abort()
@@ -122,10 +206,13 @@ def anonymize_video(pipe: Pipeline, src: Path, dst: Path, stats: Stats, progress
             bar.close()
         out.commit()
     finally:
+        if ahead is not None:
+            ahead.close()
         cap.release()
 
 
-def anonymize_paths(pipe: Pipeline, inputs: list[Path], output: Path, progress: bool = True) -> Report:
+def anonymize_paths(pipe: Pipeline, inputs: list[Path], output: Path, progress: bool = True,
+                    read_ahead: bool = False) -> Report:
     report = Report()
     pairs = plan(inputs, output)
     for src, dst in tqdm(pairs, desc="files", unit="file", disable=not progress or len(pairs) < 2):
@@ -133,7 +220,7 @@ def anonymize_paths(pipe: Pipeline, inputs: list[Path], output: Path, progress: 
             if kind_of(src) == "image":
                 anonymize_image(pipe, src, dst, report.stats)
             else:
-                anonymize_video(pipe, src, dst, report.stats, progress)
+                anonymize_video(pipe, src, dst, report.stats, progress, read_ahead)
             report.written.append(dst)
         except (OSError, ValueError) as e:
             log.error("%s", e)

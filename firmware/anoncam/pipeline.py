@@ -18,9 +18,11 @@ from .detect.facemesh import FaceMesh
 from .detect.yunet import YuNet
 from .policy import AnonymizeAll, Policy
 from .track import Tracker
-from .types import Face, FrameResult
+from .types import Detection, Face, FrameResult
 
 log = logging.getLogger(__name__)
+
+AUTO = object()  # process(): run the detector in line
 
 
 def valid_frame(frame) -> bool:
@@ -59,10 +61,13 @@ class Pipeline:
         return any(a <= index < b for a, b in self.cfg.testing.blind_frames)
 
     def process(self, frame: np.ndarray, index: int, timestamp: float | None = None,
-                detect_frame: np.ndarray | None = None, still: bool = False, live: bool = True) -> FrameResult:
+                detect_frame: np.ndarray | None = None, still: bool = False, live: bool = True,
+                detections: object = AUTO) -> FrameResult:
         """Anonymize `frame` in place. `detect_frame`: a smaller view of the same frame to detect on
         (picamera2 lores). `still`: an independent photo (all tiles, no tracking history). `live`: the
-        time budget applies (a camera); files anonymized offline have no deadline."""
+        time budget applies (a camera); files anonymized offline have no deadline. `detections`: what
+        `detect` returned for this frame, run ahead in another thread (an exception it raised fails
+        the frame closed); by default the detector runs here."""
         ts = time.time() if timestamp is None else timestamp
         res = FrameResult(index=index, timestamp=ts, image=frame, status="ok")
         if not valid_frame(frame):
@@ -70,7 +75,9 @@ class Pipeline:
             return res
         t0 = time.perf_counter()
         try:
-            res.faces = self._faces(frame, index, detect_frame, still, res.timings)
+            if isinstance(detections, BaseException):
+                raise detections
+            res.faces = self._faces(frame, index, detect_frame, still, res.timings, detections)
             t = time.perf_counter()
             self.policy.decide(frame, res.faces, res.sidecar)
             for f in res.faces:
@@ -98,24 +105,33 @@ class Pipeline:
             res.status = "covered"
         return res
 
-    def _faces(self, frame, index, detect_frame, still, timings) -> list[Face]:
+    def detect(self, frame: np.ndarray, index: int, detect_frame: np.ndarray | None = None,
+               still: bool = False) -> list[Detection] | None:
+        """The detector's share of `process`: this frame's detections in full-frame coordinates, or
+        None on a frame between detections (`detect.every_n`). Call it for the frames in order, from
+        one thread; it may run ahead of `process`."""
+        if not (still or index % self.cfg.detect.every_n == 0):
+            return None
+        if self._blind(index):
+            return []  # test only: as if the detector ran and missed every face
+        src = frame if detect_frame is None else detect_frame
+        dets = self.detector.detect(src, tiles="all" if still else self._det_runs)
+        self._det_runs += 1
+        if detect_frame is not None:
+            s = np.array([frame.shape[1] / src.shape[1], frame.shape[0] / src.shape[0]] * 2, np.float32)
+            for d in dets:
+                d.box = d.box * s
+                d.kps = d.kps * s[:2] if d.kps is not None else None
+        return dets
+
+    def _faces(self, frame, index, detect_frame, still, timings, dets) -> list[Face]:
         cfg = self.cfg
         if still:
             self.tracker.reset()
-        run_det = still or index % cfg.detect.every_n == 0
-        dets = None
         t = time.perf_counter()
-        if run_det and self._blind(index):
-            dets = []  # test only: as if the detector ran and missed every face
-        elif run_det:
-            src = frame if detect_frame is None else detect_frame
-            dets = self.detector.detect(src, tiles="all" if still else self._det_runs)
-            self._det_runs += 1
-            if detect_frame is not None:
-                s = np.array([frame.shape[1] / src.shape[1], frame.shape[0] / src.shape[0]] * 2, np.float32)
-                for d in dets:
-                    d.box = d.box * s
-                    d.kps = d.kps * s[:2] if d.kps is not None else None
+        if dets is AUTO:
+            dets = self.detect(frame, index, detect_frame, still)
+        run_det = dets is not None
         timings["detect"] = (time.perf_counter() - t) * 1000
 
         t = time.perf_counter()
