@@ -9,7 +9,7 @@ Per-stage ms and the in-process fps come from `anoncam anonymize --stats` (its l
 Each run first waits (up to 2 min) for other work on the machine to go quiet; runs during which
 other work still used CPU are counted in a warning and in the JSON ("other_cores").
 
-    .venv/bin/python bench/anonymize_vs_deface.py [--frames 300] [--repeats 3] [--skip-deface]
+    .venv/bin/python bench/anonymize_vs_deface.py [--frames 300] [--repeats 5] [--skip-deface]
 
 Prints Markdown tables and writes the same figures as JSON to --out. Exit code 0 whatever the
 figures are; non-zero only if a tool cannot be installed or run.
@@ -304,7 +304,7 @@ def cpu_model() -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--frames", type=int, default=300, help="first N frames of franck.mp4 (default 300)")
-    p.add_argument("--repeats", type=int, default=3, help="alternating rounds; medians reported (default 3)")
+    p.add_argument("--repeats", type=int, default=5, help="alternating rounds; medians reported (default 5)")
     p.add_argument("--out", type=Path, default=ROOT / "out" / "bench" / "anonymize_vs_deface.json",
                    help="JSON results file (default out/bench/anonymize_vs_deface.json)")
     p.add_argument("--skip-deface", action="store_true", help="only run anoncam")
