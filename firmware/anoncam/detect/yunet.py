@@ -64,10 +64,13 @@ class YuNet:
 
     @classmethod
     def from_file(cls, path: Path, threads: int = 2, providers: list[str] | None = None, **kw) -> YuNet:
-        be = open_model(path, "onnx", threads=threads, providers=providers)
-        if be.input_shape[2:] != (None, None):  # fixed input size (the shipped fp32 file): free it
-            be = open_model(dynamic_yunet(path), "onnx", threads=threads, providers=providers)
-        return cls(be, **kw)
+        if not providers or providers == ["CPUExecutionProvider"]:
+            be = open_model(path, "onnx", threads=threads, providers=providers)
+            if be.input_shape[2:] == (None, None):  # dynamic already (our int8 files)
+                return cls(be, **kw)
+        # the shipped fp32 file fixes 640x640: free it first (and never let CUDA/TensorRT build an
+        # engine for a shape that is not used)
+        return cls(open_model(dynamic_yunet(path), "onnx", threads=threads, providers=providers), **kw)
 
     def _run(self, img: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         h, w = img.shape[:2]
