@@ -169,13 +169,23 @@ def quantize_model(src: Source, calib: list[np.ndarray], work: Path) -> onnx.Mod
     onnx.save(m, str(fp32))
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
     input_name = src.model.graph.input[0].name
-    quantize_static(str(pre), str(out), _Reader(input_name, calib),
+    exclude = image_convs(onnx.load(str(pre))) if s.get("float_image_convs") else []
+    quantize_static(str(pre), str(out), _Reader(input_name, calib), nodes_to_exclude=exclude,
                     quant_format=QuantFormat.QDQ if s["format"] == "QDQ" else QuantFormat.QOperator,
                     per_channel=s["per_channel"], reduce_range=s["reduce_range"],
                     activation_type=getattr(QuantType, s["activation_type"]),
                     weight_type=getattr(QuantType, s["weight_type"]),
                     calibrate_method=getattr(CalibrationMethod, s["calibrate_method"]))
     return onnx.load(str(out))
+
+
+def image_convs(m: onnx.ModelProto) -> list[str]:
+    """Names of the Conv nodes that read a graph input with 3 channels (the image) directly."""
+    inputs = {i.name for i in m.graph.input}
+    weights = {i.name: i for i in m.graph.initializer}
+    return [n.name for n in m.graph.node if n.op_type == "Conv" and n.input[0] in inputs
+            and n.input[1] in weights and len(weights[n.input[1]].dims) == 4
+            and weights[n.input[1]].dims[1] == 3]
 
 
 def session(model: onnx.ModelProto | Path | bytes, threads: int = 1) -> ort.InferenceSession:
