@@ -124,6 +124,16 @@ class Pipeline:
                 d.kps = d.kps * s[:2] if d.kps is not None else None
         return dets
 
+    def prepare_landmarks(self, frame: np.ndarray, dets: list[Detection] | None) -> None:
+        """Cut FaceMesh's input for each detection now (`Detection.mesh_input`), so the thread that
+        runs `process` only runs the network on it. The region is the one `process` would take for
+        a face detected in this frame, so the landmarks come out the same."""
+        if self.mesh is None or not dets:
+            return
+        for d in dets:
+            if d.kps is not None and d.size >= self.cfg.landmarks.min_face:
+                d.mesh_input = self.mesh.prepare(frame, *FaceMesh.region_from_box(d.box, d.kps))
+
     def _faces(self, frame, index, detect_frame, still, timings, dets) -> list[Face]:
         cfg = self.cfg
         if still:
@@ -153,11 +163,15 @@ class Pipeline:
     def _landmarks(self, frame, tr, detected_now: bool) -> None:
         """Run FaceMesh for a track. Where the detector did not see the face in this frame, FaceMesh
         follows it from its last landmarks and keeps the track alive while it finds a face there."""
-        if not detected_now and tr.landmarks is not None:
-            c, size, angle = FaceMesh.region_from_landmarks(tr.landmarks + tr.velocity[:2])
+        ready = tr.detection.mesh_input if detected_now and tr.detection is not None else None
+        if ready is not None:
+            pts, score = self.mesh.infer(*ready)
         else:
-            c, size, angle = FaceMesh.region_from_box(tr.box, tr.kps)
-        pts, score = self.mesh.run(frame, c, size, angle)
+            if not detected_now and tr.landmarks is not None:
+                c, size, angle = FaceMesh.region_from_landmarks(tr.landmarks + tr.velocity[:2])
+            else:
+                c, size, angle = FaceMesh.region_from_box(tr.box, tr.kps)
+            pts, score = self.mesh.run(frame, c, size, angle)
         tr.landmarks = pts
         if pts is not None and not detected_now:
             # FaceMesh still sees the face: follow it, and count it as seen so it is not dropped

@@ -28,6 +28,7 @@ class Track:
     misses: int = 0          # frames in a row in which neither the detector nor FaceMesh saw it
     age: int = 0             # frames since creation
     seen: bool = True        # seen in the current frame (detector or mesh)
+    detection: Detection | None = None  # the detection matched in the current frame
 
     def cover_box(self, grow: float) -> np.ndarray:
         """The predicted box, enlarged for each missed detection."""
@@ -57,6 +58,7 @@ class Tracker:
             t.box = (t.box + t.velocity).astype(np.float32)
             t.age += 1
             t.seen = False
+            t.detection = None
 
     def update(self, dets: list[Detection] | None) -> list[Track]:
         """Advance one frame. dets=None: the detector did not run on this frame (prediction only)."""
@@ -74,6 +76,7 @@ class Tracker:
             used_t.add(ti)
             used_d.add(di)
             self.observe(self.tracks[ti], dets[di].box, dets[di].score, dets[di].kps)
+            self.tracks[ti].detection = dets[di]
         for ti, t in enumerate(self.tracks):
             if ti not in used_t:
                 t.misses += 1
@@ -81,7 +84,7 @@ class Tracker:
         for di, d in enumerate(dets):
             if di not in used_d:
                 self.tracks.append(Track(id=next(self._ids), box=d.box.astype(np.float32), score=d.score,
-                                         kps=d.kps))
+                                         kps=d.kps, detection=d))
         return self.tracks
 
     @staticmethod

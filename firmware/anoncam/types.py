@@ -11,6 +11,7 @@ class Detection:
     box: np.ndarray            # x1, y1, x2, y2 in frame pixels (float32)
     score: float
     kps: np.ndarray | None = None  # 5x2: right eye, left eye, nose, right mouth, left mouth
+    mesh_input: tuple | None = None  # FaceMesh input for this box, prepared ahead (memory only)
 
     @property
     def size(self) -> float:

@@ -49,9 +49,17 @@ class FaceMesh:
     def run(self, frame: np.ndarray, center: np.ndarray, size: float, angle: float
             ) -> tuple[np.ndarray | None, float]:
         """Landmarks (468x2, frame pixels) and face score; landmarks None below the threshold."""
+        return self.infer(*self.prepare(frame, center, size, angle))
+
+    def prepare(self, frame: np.ndarray, center: np.ndarray, size: float, angle: float
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """The network input (1x192x192x3 RGB float) and its affine from the frame; no model state,
+        so another thread may prepare it ahead."""
         m = self.region(center, size, angle)
         crop = cv2.warpAffine(frame, m, (SIZE, SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-        x = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB).astype(np.float32)[None] / 255.0
+        return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB).astype(np.float32)[None] / 255.0, m
+
+    def infer(self, x: np.ndarray, m: np.ndarray) -> tuple[np.ndarray | None, float]:
         outs = self.backend.run(x)
         lm, flag = (outs[0], outs[1]) if outs[0].size > outs[1].size else (outs[1], outs[0])
         score = float(1 / (1 + np.exp(-float(flag.reshape(-1)[0]))))
