@@ -157,7 +157,8 @@ class _Reader(CalibrationDataReader):
 
 
 def quantize_model(src: Source, calib: list[np.ndarray], work: Path) -> onnx.ModelProto:
-    """Static int8 QDQ, per-channel weights, MinMax calibration over `calib` (deterministic)."""
+    """Static int8 QDQ, per-channel weights, MinMax calibration over `calib` (deterministic); with
+    `float_image_convs`, the convs reading the image directly stay fp32 (`image_convs`)."""
     s = precision.settings_for(src.name)
     fp32 = work / "fp32.onnx"
     pre = work / "pre.onnx"

@@ -44,6 +44,19 @@ def test_int8_detector_passes_recall_gate_on_group_photos(yunet_build):
     assert json.loads((root / "yunet" / rep["key"] / "report.json").read_text())["installed"] is True
 
 
+def test_only_the_conv_on_the_image_stays_float(yunet_build):
+    """Recipe v2: YuNet's first conv (3 input channels, reading the image) runs fp32, every other
+    conv is fed by DequantizeLinear (int8 weights)."""
+    import onnx
+    root, rep = yunet_build
+    m = onnx.load(str(root / "yunet" / rep["key"] / "model.onnx"))
+    producer = {o: n.op_type for n in m.graph.node for o in n.output}
+    convs = [n for n in m.graph.node if n.op_type == "Conv"]
+    plain = [n.name for n in convs if producer.get(n.input[1]) != "DequantizeLinear"]
+    assert plain == core.image_convs(core.source("yunet").model) == ["Conv_0"]
+    assert len(convs) > 40 and "Conv" in rep["int8"]["float_ops"]
+
+
 def test_int8_build_is_deterministic(yunet_build, tmp_path):
     _, rep = yunet_build
     again = quantize.build("yunet", out_root=tmp_path, force=True, log=lambda s: None)
