@@ -141,3 +141,16 @@ def is_covered(orig: np.ndarray, out: np.ndarray, box: np.ndarray, solid_color=N
     ga = cv2.cvtColor(a, cv2.COLOR_BGR2GRAY)
     gb = cv2.cvtColor(b, cv2.COLOR_BGR2GRAY)
     return detail(gb) <= 0.2 * detail(ga) + 0.5
+
+
+def blind(pipe, ranges) -> None:
+    """Test hook: on detection frames in the [start, end) `ranges` the detector of `pipe` is not run
+    and returns no face, as if it had missed every face (tracking and FaceMesh still run)."""
+    real = pipe.detect
+
+    def detect(frame, index, detect_frame=None, still=False):
+        if (still or index % pipe.cfg.detect.every_n == 0) and any(a <= index < b for a, b in ranges):
+            return []
+        return real(frame, index, detect_frame, still)
+
+    pipe.detect = detect

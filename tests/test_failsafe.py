@@ -1,10 +1,13 @@
 """Fail closed: a fault or an overrun covers (or drops) the whole frame; never passes it through."""
+import subprocess
+
 import cv2
 import numpy as np
 import pytest
+from anoncam.config import ConfigError, validate
 from anoncam.pipeline import Pipeline
 from anoncam.runner import Runner
-from conftest import make_config
+from conftest import ANONCAM, make_config
 
 
 class BrokenPolicy:
@@ -66,3 +69,15 @@ def test_privacy_zones_are_always_covered(media, models):
     pipe.process(frame, 0)
     assert (frame[: h // 4 - 1, : w // 2 - 1] == [0, 0, 255]).all()
     assert not (frame[h // 2:, w // 2 + 2:] == [0, 0, 255]).all()
+
+
+def test_no_config_key_turns_detection_off(tmp_path, cli_env):
+    """The old test-only switch `testing.blind_frames` (detector off on chosen frames) is rejected,
+    by `validate` and by `anoncam config check` (exit 2), naming the key."""
+    with pytest.raises(ConfigError, match="unknown key 'testing'"):
+        validate({"testing": {"blind_frames": [[0, 1000000]]}}, "camera.yaml")
+    cfg = tmp_path / "camera.yaml"
+    cfg.write_text("testing:\n  blind_frames: [[0, 1000000]]\n")
+    p = subprocess.run([*ANONCAM, "config", "check", str(cfg)], env=cli_env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 2 and "unknown key 'testing'" in p.stderr and str(cfg) in p.stderr

@@ -6,7 +6,7 @@ from anoncam.offline import MAX_MISSES, anonymize_video, read_frames
 from anoncam.pipeline import Pipeline
 from anoncam.stats import Stats
 from conftest import make_config
-from helpers import iter_frames
+from helpers import blind, iter_frames
 
 
 def short_clip(src, dst, n):
@@ -30,13 +30,14 @@ def test_read_ahead_gives_the_same_frames_as_in_line(tmp_path, media, models):
     """cap13 (a webcam clip, the face moving), blur, detection every 2nd frame with a blind stretch:
     the threaded run writes exactly the frames of the in-line run."""
     clip = short_clip(media["cap13"], tmp_path / "in.avi", 90)
-    cfg = make_config(anonymize={"method": "blur"}, runtime={"threads": 1}, detect={"every_n": 2},
-                      testing={"blind_frames": [(30, 40)]})
+    cfg = make_config(anonymize={"method": "blur"}, runtime={"threads": 1}, detect={"every_n": 2})
     outs = {}
     for ahead in (False, True):
         outs[ahead] = tmp_path / f"out_{ahead}.avi"
         stats = Stats()
-        anonymize_video(Pipeline.from_config(cfg), clip, outs[ahead], stats, progress=False, read_ahead=ahead)
+        pipe = Pipeline.from_config(cfg)
+        blind(pipe, [(30, 40)])
+        anonymize_video(pipe, clip, outs[ahead], stats, progress=False, read_ahead=ahead)
         assert stats.counts["frames"] == 90 and stats.counts["faces"] >= 90
     a, b, orig = frames(outs[False]), frames(outs[True]), frames(clip)
     assert len(a) == len(b) == 90

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from anoncam.pipeline import Pipeline
 from conftest import ANONCAM, make_config
-from helpers import is_covered, iter_frames, uncovered_frames, video_reference
+from helpers import blind, is_covered, iter_frames, uncovered_frames, video_reference
 
 CLIPS = ["franck", "cap12", "cap13"]
 
@@ -34,9 +34,11 @@ def test_no_leak_on_video(media, refs, tmp_path, cli_env, clip, method):
     assert bad == [], f"{len(bad)} of {with_face} frames with a face leak it, first {bad[:10]}"
 
 
-def run_blind(media, refs, n_frames, **cfg):
-    """Anonymize the first frames of franck in-process; return indices of frames that leak."""
+def run_blind(media, refs, n_frames, blind_frames, **cfg):
+    """Anonymize the first frames of franck in-process, the detector missing every face on
+    `blind_frames`; return indices of frames that leak."""
     pipe = Pipeline.from_config(make_config(anonymize={"method": "solid"}, **cfg))
+    blind(pipe, blind_frames)
     color = pipe.cfg.anonymize.solid_color
     boxes = refs["franck"]
     bad = []
@@ -55,23 +57,21 @@ BLIND = [(20, 30), (100, 110), (200, 210), (300, 310)]  # detector off 10 frames
 
 def test_coasting_covers_frames_without_detection(media, refs, models):
     """Detector off for 10-frame runs, no landmarks to follow the face: coasting alone covers it."""
-    bad = run_blind(media, refs, 320, testing={"blind_frames": BLIND}, landmarks={"enabled": False},
-                    track={"coast_frames": 10})
+    bad = run_blind(media, refs, 320, BLIND, landmarks={"enabled": False}, track={"coast_frames": 10})
     assert bad == []
 
 
 def test_check_fails_when_coasting_is_too_short(media, refs, models):
     """The same check catches leaks: with the detector off for 40 frames and nothing to follow the face,
     frames past the coasting window leak. (Shows the leak check can fail.)"""
-    bad = run_blind(media, refs, 160, testing={"blind_frames": [(100, 140)]}, landmarks={"enabled": False},
-                    track={"coast_frames": 10})
+    bad = run_blind(media, refs, 160, [(100, 140)], landmarks={"enabled": False}, track={"coast_frames": 10})
     assert bad and all(110 <= i < 140 for i in bad)
 
 
 def test_landmarks_follow_the_face_between_detections(media, refs, models):
     """Detection only every 8th frame, and 60 frames on which the detector misses: FaceMesh follows the
     face, nothing leaks."""
-    bad = run_blind(media, refs, 400, detect={"every_n": 8}, testing={"blind_frames": [(200, 260)]})
+    bad = run_blind(media, refs, 400, [(200, 260)], detect={"every_n": 8})
     assert bad == []
 
 

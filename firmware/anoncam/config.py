@@ -199,11 +199,6 @@ class MqttConfig(Strict):
         return self
 
 
-class TestingConfig(Strict):
-    blind_frames: list[tuple[int, int]] = Field(default_factory=list, description=(
-        "Test only: detection is switched off on frames in these [start, end) ranges."))
-
-
 class Config(Strict):
     camera: CameraConfig = CameraConfig()
     detect: DetectConfig = DetectConfig()
@@ -215,7 +210,6 @@ class Config(Strict):
     runtime: RuntimeConfig = RuntimeConfig()
     log: LogConfig = LogConfig()
     mqtt: MqttConfig = MqttConfig()
-    testing: TestingConfig = TestingConfig()
 
 
 class ConfigError(ValueError):

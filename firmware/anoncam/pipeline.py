@@ -57,9 +57,6 @@ class Pipeline:
         """Forget all tracks (the next frame is unrelated to the last, e.g. another photo)."""
         self.tracker.reset()
 
-    def _blind(self, index: int) -> bool:
-        return any(a <= index < b for a, b in self.cfg.testing.blind_frames)
-
     def process(self, frame: np.ndarray, index: int, timestamp: float | None = None,
                 detect_frame: np.ndarray | None = None, still: bool = False, live: bool = True,
                 detections: object = AUTO) -> FrameResult:
@@ -112,8 +109,6 @@ class Pipeline:
         one thread; it may run ahead of `process`."""
         if not (still or index % self.cfg.detect.every_n == 0):
             return None
-        if self._blind(index):
-            return []  # test only: as if the detector ran and missed every face
         src = frame if detect_frame is None else detect_frame
         dets = self.detector.detect(src, tiles="all" if still else self._det_runs)
         self._det_runs += 1
