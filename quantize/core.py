@@ -267,15 +267,15 @@ def build(name: str, gates: dict | None = None, out_root: Path | None = None, fo
                     "onnx": onnx.__version__}, "seconds": round(time.perf_counter() - t0, 1),
     }
     folder.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)  # an earlier file of the same key is withdrawn first
+    # the report (the runtime checks the int8 file against its sha256) goes in before the file
+    part = report_file.with_name("report.json.part")
+    part.write_text(json.dumps(rep, indent=2))
+    os.replace(part, report_file)
     if passed:
         part = target.with_name("model.onnx.part")
         part.write_bytes(data)
         os.replace(part, target)
-    else:
-        target.unlink(missing_ok=True)  # an earlier file of the same key is withdrawn too
-    part = report_file.with_name("report.json.part")
-    part.write_text(json.dumps(rep, indent=2))
-    os.replace(part, report_file)
     (folder / "report.md").write_text(drift.markdown(rep))
     verdict = "installed" if passed else "NOT installed (failed gate: " + ", ".join(
         c["gate"] for c in checks if not c["pass"]) + ")"

@@ -137,6 +137,44 @@ def verify(asset: Asset, path: Path | None = None) -> Path:
     return path
 
 
+def check_sha256(path: Path, expected: str | None, what: str) -> Path:
+    """Return path if its sha256 is `expected`; else AssetError naming the path and the expected sha256
+    (also when nothing was recorded: every file the runtime opens is checked against a record)."""
+    if not expected:
+        raise AssetError(f"{what}: no sha256 recorded for {path}; rebuild it (`anoncam models quantize`)")
+    if not path.is_file():
+        raise AssetError(f"{what}: file missing at {path} (expected sha256 {expected})")
+    got = sha256_file(path)
+    if got != expected:
+        raise AssetError(f"{what}: file at {path} has sha256 {got}, expected {expected}; "
+                         f"delete it and rebuild it (`anoncam models quantize`)")
+    return path
+
+
+def record_path(path: Path) -> Path:
+    """Where the sha256 of a file we made is recorded: `<file>.sha256` (sha256sum format)."""
+    return path.with_name(path.name + ".sha256")
+
+
+def write_record(path: Path, sha: str | None = None) -> str:
+    """Record the sha256 of a file we just made (atomically); return it."""
+    sha = sha or sha256_file(path)
+    rec = record_path(path)
+    part = rec.with_name(f"{rec.name}.{os.getpid()}.part")
+    part.write_text(f"{sha}  {path.name}\n")
+    os.replace(part, rec)
+    return sha
+
+
+def read_record(path: Path) -> str | None:
+    """The recorded sha256 of a file we made (None: no record, or not one sha256sum line)."""
+    try:
+        sha = record_path(path).read_text().split()[0]
+    except (OSError, IndexError):
+        return None
+    return sha if len(sha) == 64 and all(c in "0123456789abcdef" for c in sha) else None
+
+
 def _download(asset: Asset, dest: Path) -> Path:
     """Download the package archive into dest with the registry's own client; return the archive."""
     dest.mkdir(parents=True, exist_ok=True)

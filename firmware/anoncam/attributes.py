@@ -151,10 +151,13 @@ def sface_file(path=assets.model_path) -> Path:
     weight-block-quantized file (which onnxruntime rejects) into the cache, keyed by that file's
     sha256; the same network OpenCV's FaceRecognizerSF runs (embeddings agree to cosine 1.000), in
     about half its memory. Not the int8 QDQ build: it keeps a face's own embedding (0.98) but scores
-    unlike faces lower (0.14 where fp32 gives 0.29), which would loosen LIKE_MAX."""
+    unlike faces lower (0.14 where fp32 gives 0.29), which would loosen LIKE_MAX.
+    Its sha256 is recorded next to it when made (<file>.sha256) and checked on every load: a
+    mismatch is an AssetError (path, expected sha256); a file without a record is made again."""
     src, sha = path("sface"), assets.load_manifest("models")["sface"].sha256
     out = assets.cache_dir() / "fp32" / "sface" / f"{sha[:16]}.onnx"
-    if not out.is_file():
+    recorded = assets.read_record(out)
+    if recorded is None or not out.is_file():
         import onnx
 
         from quantize.core import dequantize_blocks
@@ -163,8 +166,10 @@ def sface_file(path=assets.model_path) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f"{out.name}.{os.getpid()}.part")
         onnx.save(m, str(tmp))
+        recorded = assets.sha256_file(tmp)
         tmp.replace(out)
-    return out
+        assets.write_record(out, recorded)
+    return assets.check_sha256(out, recorded, "sface (fp32 graph derived from the shipped file)")
 
 
 class Likeness:

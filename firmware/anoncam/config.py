@@ -127,6 +127,8 @@ class RuntimeConfig(Strict):
     detector_tflite: Path | None = Field(None, description=(
         "A YuNet TFLite (full-integer from `make tflite`, or a compiled *_edgetpu.tflite) to run the "
         "detector on LiteRT instead of onnxruntime; with litert_delegate: edgetpu it runs on the Edge TPU."))
+    detector_tflite_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description=(
+        "sha256 of runtime.detector_tflite; when set, a file with another sha256 stops start-up (exit 3)."))
 
 
 class LogConfig(Strict):

@@ -102,12 +102,22 @@ def model_file(name: str, precision: str = "int8", build: bool = True) -> Path:
             except Exception as e:  # noqa: BLE001 -- any failure: say so and run fp32
                 log.warning("%s: building the int8 model failed (%s: %s)", name, type(e).__name__, e)
     if path.is_file():
+        assets.check_sha256(path, recorded_sha256(report), f"{name} int8")  # AssetError if not as built
         log.info("%s: int8 model %s", name, path)
         return path
     why = ("it failed its drift gate, see " + str(report)) if _rejected(report) else "it is not built"
     log.warning("%s: runtime.precision is int8 but %s; RUNNING FP32 (%s). Build it with `anoncam models "
                 "quantize %s`, or set runtime.precision: fp32 to silence this.", name, why, fp32, name)
     return fp32
+
+
+def recorded_sha256(report: Path) -> str | None:
+    """The int8 file's sha256 as its build recorded it in report.json (None: no usable record)."""
+    try:
+        rep = json.loads(report.read_text())
+        return rep["int8"]["sha256"] if rep.get("installed") is True else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _rejected(report: Path) -> bool:
@@ -131,12 +141,28 @@ def detector(cfg):
     rt, d = cfg.runtime, cfg.detect
     kw = dict(size=d.size, score_threshold=d.score_threshold, nms_threshold=d.nms_threshold, tiles=d.tiles)
     if rt.detector_tflite is not None:
-        from .detect.yunet_tflite import YuNetTFLite
-        if not Path(rt.detector_tflite).is_file():
-            raise assets.AssetError(f"runtime.detector_tflite: no file at {rt.detector_tflite}")
-        be = YuNetTFLite(Path(rt.detector_tflite), threads=rt.threads, delegate=rt.litert_delegate)
+        be = _tflite_detector(Path(rt.detector_tflite), rt)
         log.info("%s: LiteRT %s (delegate %s)", d.model, rt.detector_tflite, be.delegate)
         return YuNet(be, **kw)
     det = YuNet.from_file(model_file(d.model, rt.precision), threads=rt.threads, providers=rt.onnx_providers, **kw)
     log.info("%s: onnxruntime providers %s", d.model, det.backend.providers)
     return det
+
+
+def _tflite_detector(path: Path, rt):
+    """The user's YuNet TFLite, checked against runtime.detector_tflite_sha256 when set; a file that
+    does not load as one is an AssetError with its path and sha256, never a traceback."""
+    from .detect.yunet_tflite import YuNetTFLite
+    if not path.is_file():
+        raise assets.AssetError(f"runtime.detector_tflite: no file at {path}")
+    sha = assets.sha256_file(path)
+    if rt.detector_tflite_sha256 and sha != rt.detector_tflite_sha256:
+        raise assets.AssetError(f"runtime.detector_tflite: file at {path} has sha256 {sha}, expected "
+                                f"{rt.detector_tflite_sha256} (runtime.detector_tflite_sha256)")
+    if not rt.detector_tflite_sha256:
+        log.warning("runtime.detector_tflite %s is not pinned: set runtime.detector_tflite_sha256: %s", path, sha)
+    try:
+        return YuNetTFLite(path, threads=rt.threads, delegate=rt.litert_delegate)
+    except Exception as e:  # noqa: BLE001 -- LiteRT raises ValueError, RuntimeError, KeyError, ...
+        raise assets.AssetError(f"runtime.detector_tflite: {path} (sha256 {sha}) does not load as a YuNet "
+                                f"TFLite: {type(e).__name__}: {e}") from e
