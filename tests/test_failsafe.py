@@ -26,9 +26,13 @@ def test_fault_covers_the_whole_frame(media, models):
 
 
 def test_fault_can_drop_instead(media, models):
+    """Dropped means covered, then not written: the caller's buffer (a camera's, which its encoder
+    and preview still get) holds nothing of the frame."""
     pipe = Pipeline.from_config(make_config(failsafe={"on_failure": "drop"}), policy=BrokenPolicy())
-    res = pipe.process(cv2.imread(str(media["group2"])), 0)
+    frame = cv2.imread(str(media["group2"]))
+    res = pipe.process(frame, 0)
     assert res.status == "dropped" and res.image is None
+    assert (frame == np.array(pipe.cfg.anonymize.solid_color, np.uint8)).all()
 
 
 def test_overrun_fails_closed(media, models):
@@ -50,6 +54,13 @@ def test_within_budget_passes(media, models):
 def test_corrupt_frame_is_dropped(models, bad):
     res = Pipeline.from_config(make_config()).process(bad, 0)
     assert res.status == "dropped" and res.image is None and res.reason == "corrupt frame"
+
+
+def test_corrupt_frame_is_blanked(media, models):
+    """A frame of the wrong shape is dropped, and what it held does not survive in the buffer."""
+    frame = cv2.imread(str(media["group2"]), cv2.IMREAD_GRAYSCALE)
+    res = Pipeline.from_config(make_config()).process(frame, 0)
+    assert res.status == "dropped" and res.image is None and not frame.any()
 
 
 def test_dropped_frames_reach_no_sink(media, models, tmp_path):

@@ -1,7 +1,7 @@
 """detect -> track -> landmarks -> decide -> anonymize, one frame at a time, failing closed.
 
 The frame is anonymized in place: after `process` returns, the caller's array holds only anonymized
-pixels (or the whole frame is covered, or the result says it was dropped and its image is None).
+pixels, or the whole frame is covered (on_failure: drop covers it too, and the result's image is None).
 """
 from __future__ import annotations
 
@@ -68,6 +68,8 @@ class Pipeline:
         ts = time.time() if timestamp is None else timestamp
         res = FrameResult(index=index, timestamp=ts, image=frame, status="ok")
         if not valid_frame(frame):
+            if isinstance(frame, np.ndarray) and frame.flags.writeable:
+                frame[...] = 0  # whatever it holds, nothing of it survives
             res.image, res.status, res.reason = None, "dropped", "corrupt frame"
             return res
         t0 = time.perf_counter()
@@ -93,12 +95,17 @@ class Pipeline:
         return res
 
     def _fail(self, res: FrameResult, reason: str) -> FrameResult:
+        """Cover the whole frame in place, whatever on_failure says (a camera's encoder and preview
+        still get this buffer); `drop` then also keeps it from every sink (image None)."""
         res.reason = reason
         res.sidecar = {}
+        try:
+            self.anonymizer.cover_all(res.image)
+        except Exception:
+            res.image[...] = 0
         if self.cfg.failsafe.on_failure == "drop":
             res.image, res.status = None, "dropped"
         else:
-            self.anonymizer.cover_all(res.image)
             res.status = "covered"
         return res
 

@@ -97,7 +97,8 @@ class Runner:
                 decode_ms = (time.perf_counter() - t - getattr(self.source, "waited_s", 0.0)) * 1000
                 if frame.result is not None or getattr(self.source, "anonymizes", False):
                     result = frame.result or FrameResult(frame.index, frame.timestamp, frame.image, "covered")
-                    result.image = frame.image
+                    # the source anonymized it; a frame it dropped reaches no sink
+                    result.image = None if result.status == "dropped" else frame.image
                 elif frame.image is None:
                     log.warning("frame %d dropped: %s", frame.index, frame.error or "unreadable")
                     result = FrameResult(frame.index, frame.timestamp, None, "dropped", reason=frame.error)

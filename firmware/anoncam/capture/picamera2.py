@@ -1,8 +1,9 @@
 """Raspberry Pi camera through picamera2 (installed from apt as python3-picamera2; it cannot be
-installed on x86, so this adapter is kept thin and is not exercised by the tests here).
+installed on x86: tests/test_picamera2.py runs this adapter on a stand-in with picamera2's interface).
 
 The main stream is anonymized inside picamera2's pre_callback, i.e. before any encoder, preview or
-capture sees the buffer; detection runs on the lores stream (YUV420) scaled to main. The frames this
+capture sees the buffer; detection runs on the lores stream (YUV420) scaled to main. A frame that
+fails in any way (covered, dropped, an exception) leaves the callback blanked. The frames this
 source yields are therefore already anonymized and carry their FrameResult.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 import cv2
 
 from ..config import CameraConfig
+from ..types import FrameResult
 from . import Frame, SourceError
 
 log = logging.getLogger(__name__)
@@ -41,19 +43,29 @@ class Picamera2Source:
         self._last = None
 
     def attach(self, pipeline) -> None:
-        """Install the pipeline as pre_callback: every main buffer is anonymized in place."""
+        """Install the pipeline as pre_callback: every main buffer is anonymized in place, or blanked."""
         self.pipeline = pipeline
         self._i = 0
+        lores_w = self.cam.camera_config["lores"]["size"][0]
+        failed = "dropped" if pipeline.cfg.failsafe.on_failure == "drop" else "covered"
 
         def pre_callback(request):
-            with self._mapped(request, "main") as main, self._mapped(request, "lores") as lores:
+            with self._mapped(request, "main") as main:
+                ok = False
                 try:
-                    small = cv2.cvtColor(lores.array, cv2.COLOR_YUV420p2BGR)
+                    with self._mapped(request, "lores") as lores:
+                        # libcamera's YUV420 is I420 (U before V; OpenCV's YUV420p is YV12). Rows
+                        # are `stride` >= width bytes, chroma rows stride/2: converting at the
+                        # stride's width keeps the planes aligned, then the padding is cut off
+                        small = cv2.cvtColor(lores.array, cv2.COLOR_YUV2BGR_I420)[:, :lores_w]
                     res = pipeline.process(main.array, self._i, detect_frame=small)
-                except Exception as e:  # fail closed: nothing raw leaves the callback
+                    ok = res.status == "ok"
+                except Exception as e:
                     log.error("pre_callback failed closed: %s", type(e).__name__)
-                    main.array[:] = 0
-                    res = None
+                    res = FrameResult(self._i, time.time(), None, failed, reason=f"error: {type(e).__name__}")
+                finally:
+                    if not ok:  # fail closed: nothing raw leaves the callback
+                        main.array[:] = 0
                 self._i += 1
                 self._last = res
 
@@ -66,7 +78,8 @@ class Picamera2Source:
         i = 0
         while True:
             img = self.cam.capture_array("main")  # already anonymized by pre_callback
-            # the result is the latest callback's; its face list may be one frame off the pixels
+            # the result is the latest callback's and may be one frame off the pixels; the pixels
+            # are anonymized or blanked either way
             yield Frame(i, time.time(), img, result=self._last)
             i += 1
 
