@@ -26,7 +26,7 @@ import numpy as np
 from .. import assets
 from ..attributes import AgeGender, Likeness
 from . import facegen as fg
-from . import methods
+from .cover import pixelate
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class Generative:
     def __call__(self, roi: np.ndarray, face_px: float, face=None, frame=None, roi_box=None, key=None,
                  mask_scale: float = 1.4, min_face: int = 40, blocks: int = 8, use_net: bool = False,
                  precision: str = "int8", **_) -> np.ndarray:
-        fallback = methods.pixelate(roi, face_px, blocks=blocks)
+        fallback = pixelate(roi, face_px, blocks=blocks)
         if face is None or face.landmarks is None or frame is None or face_px < min_face:
             return fallback
         if key is None:
@@ -201,5 +201,4 @@ class Generative:
         return fallback
 
 
-GENERATIVE = Generative()
-methods.register("generative", GENERATIVE)
+GENERATIVE = Generative()  # registered as `generative` in methods.py
