@@ -2,11 +2,12 @@
 import cv2
 import numpy as np
 import pytest
+from anoncam.assets import face_centres
 from anoncam.backends import open_model
 from anoncam.detect.facemesh import FaceMesh
 from anoncam.detect.yunet import YuNet
 
-from quantize.calib import FACES  # face centres counted by hand (22 + the astronaut)
+FACES = face_centres()  # hand-counted face centres (22 + the astronaut), firmware/anoncam/media.yaml
 
 
 def match(boxes, centres):

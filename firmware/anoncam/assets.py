@@ -70,6 +70,12 @@ def _manifest_text(kind: str) -> str:
     raise AssetError("model manifest not found (models/manifest.yaml)")
 
 
+def face_centres() -> dict[str, list[tuple[int, int]]]:
+    """Hand-counted face centres (x, y) of the sample photos (media.yaml `faces`)."""
+    data = yaml.load(_manifest_text("media"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    return {name: [(int(x), int(y)) for x, y in pts] for name, pts in data["faces"].items()}
+
+
 def load_manifest(kind: str = "models") -> dict[str, Asset]:
     return dict(_manifest(kind))  # a copy: callers may change theirs
 
