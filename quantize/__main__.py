@@ -35,7 +35,12 @@ def main(argv: list[str] | None = None) -> int:
             d = precision.int8_dir(n, src.sha256)
             state = "installed" if (d / "model.onnx").is_file() else (
                 "REJECTED" if (d / "report.json").is_file() else "not built")
-            print(f"{n:10} {state:10} {d}")
+            auto = ""
+            if state == "installed":
+                rep = json.loads((d / "report.json").read_text())
+                choice, why = precision.speed_choice(rep)
+                auto = f"  auto: {choice or 'fp32'} ({why})"
+            print(f"{n:10} {state:10} {d}{auto}")
         return 0
     if a.action == "tflite":
         from . import tflite

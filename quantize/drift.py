@@ -319,6 +319,9 @@ def markdown(rep: dict) -> str:
              f"- int8: sha256 {rep['int8']['sha256']} ({rep['int8']['bytes']:,} B), key {rep['key']}",
              f"- installed: **{rep['installed']}**", f"- ops left in float: {', '.join(rep['int8']['float_ops']) or 'none'}",
              f"- calibration: {rep['calibration']['inputs']} inputs, shapes {', '.join(rep['calibration']['shapes'])}",
+             "- speed on this CPU (runtime.precision auto): " + (
+                 "int8 {int8_ms} ms, fp32 {fp32_ms} ms -> {choice} ({cpu})".format(**rep["speed"])
+                 if rep.get("speed") else "not timed (not installed)"),
              ""]
     for n in rep["notes"]:
         lines.append(f"- note: {n}")

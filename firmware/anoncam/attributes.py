@@ -160,7 +160,7 @@ def sface_file(path=assets.model_path) -> Path:
     if recorded is None or not out.is_file():
         import onnx
 
-        from quantize.core import dequantize_blocks
+        from .backends.dequant import dequantize_blocks
         m = onnx.load(str(src))
         dequantize_blocks(m)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import logging
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -79,30 +81,22 @@ def cmd_models(args) -> int:
         return _quantize(args.names or None)
     rc = _assets_cmd(args, "models")
     if args.action == "fetch" and rc == 0 and (not args.names or "yunet" in args.names):
-        _quantize(["yunet"], soft=True)  # the int8 detector (seconds); the daemon uses it by default
+        _quantize(["yunet"], soft=True)  # the int8 detector and its timing (seconds), for runtime.precision
     return rc
 
 
 def _quantize(names: list[str] | None, soft: bool = False) -> int:
-    """Build the int8 models (quantize/, drift report and gates) into the cache."""
-    try:
-        import quantize
-    except ImportError as e:
-        print(f"anoncam: int8 models cannot be built here (the `quantize` package is missing: {e}); "
-              f"the daemon will run fp32", file=sys.stderr)
+    """Build the int8 models into the cache with the separate build tool (`python -m quantize`: drift
+    report, gates, int8/fp32 timing on this CPU); the runtime itself never imports it."""
+    if importlib.util.find_spec("quantize") is None:
+        print("anoncam: int8 models cannot be built here (the `quantize` build tool is not installed); "
+              "runtime.precision auto/int8 will run fp32", file=sys.stderr)
         return 0 if soft else 1
-    if names is None:
-        names = [n for n in quantize.MODELS if n != "generator" or quantize.generator_path() is not None]
-    bad = 0
-    for n in names:
-        try:
-            rep = quantize.build(n, log=lambda m: print(m, file=sys.stderr))
-            bad += not rep["installed"]
-        except Exception as e:  # noqa: BLE001 -- report every model, then the exit code
-            print(f"{n}: int8 build failed: {type(e).__name__}: {e}" + ("; the daemon will run fp32" if soft else ""),
-                  file=sys.stderr)
-            bad += 1
-    return 0 if soft else (1 if bad else 0)
+    rc = subprocess.run([sys.executable, "-m", "quantize", "build", *(names or [])]).returncode
+    if rc and soft:
+        print("anoncam: the int8 build failed (see above); runtime.precision auto/int8 will run fp32",
+              file=sys.stderr)
+    return 0 if soft else rc
 
 
 def cmd_samples(args) -> int:

@@ -120,10 +120,12 @@ class RuntimeConfig(Strict):
         "onnxruntime execution providers in order of preference, e.g. TensorrtExecutionProvider, "
         "CUDAExecutionProvider on Jetson. Missing ones are skipped with a warning."))
     litert_delegate: Literal["none", "edgetpu"] = Field("none", description="LiteRT delegate for .tflite models.")
-    precision: Literal["int8", "fp32"] = Field("int8", description=(
-        "ONNX models (detector, generator): int8 static QDQ from the cache (built by `anoncam models "
-        "quantize`; the detector is built at start-up if missing), or the fp32 files. A missing or rejected "
-        "int8 file runs fp32 with a warning."))
+    precision: Literal["auto", "int8", "fp32"] = Field("auto", description=(
+        "ONNX models (detector; generator with generative_net). auto: per model, whichever of int8 and "
+        "fp32 ran faster on this CPU when `anoncam models quantize` built the int8 file (recorded next "
+        "to it). int8: the int8 file. fp32: the fp32 file. The runtime never builds models: a missing or "
+        "rejected int8 file runs fp32 with a warning; one that does not match its recorded sha256 stops "
+        "start-up (exit 3)."))
     detector_tflite: Path | None = Field(None, description=(
         "A YuNet TFLite (full-integer from `make tflite`, or a compiled *_edgetpu.tflite) to run the "
         "detector on LiteRT instead of onnxruntime; with litert_delegate: edgetpu it runs on the Edge TPU."))

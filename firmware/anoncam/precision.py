@@ -1,26 +1,28 @@
-"""Model precision at run time: int8 (static QDQ, built by `quantize/`) or the fp32 file itself.
+"""Model precision at run time: int8 (static QDQ, built by the `quantize` tool) or the fp32 file.
 
 An int8 model lives in the cache, keyed by the fp32 file's sha256 and the quantizer settings, so any
-machine rebuilds the same file (`anoncam models quantize`, `python -m quantize`):
+machine rebuilds the same file (`anoncam models quantize`, `anoncam-quantize`, `python -m quantize`):
 
   <cache>/int8/<name>/<fp32 sha256[:16]>-<settings digest[:12]>/
       model.onnx     installed only when the conversion passed its drift gate
-      report.json    the drift report (written in every case; says "installed": true/false)
+      report.json    the drift report (written in every case; says "installed": true/false), the int8
+                     file's sha256 (`int8.sha256`, checked before every load) and `speed`: int8 and
+                     fp32 timed on this CPU when it was built, and the faster one (`choice`)
 
 The int8 file carries its identity in the ONNX metadata (`anoncam.precision`, `anoncam.fp32_sha256`,
 `anoncam.key`), readable from a loaded session (`session.get_modelmeta().custom_metadata_map`).
 
-`model_file(name, precision)` is what the pipeline calls. With `int8`: the installed int8 file; if it
-is missing and the model is quick to build (detector, generator: a few seconds), it is built now, once;
-otherwise, or if it cannot be built or failed its gate, the fp32 file is used and a WARNING says so
-and how to fix it. Never a silent fall back.
+`model_file(name, precision)` is what the runtime calls; it never builds a model. `auto` (default):
+the recorded faster one; `int8`: the int8 file; `fp32`: the fp32 file. An int8 file that does not
+match its recorded sha256 is an AssetError (exit 3), in auto and int8 alike. A missing or rejected
+int8 file, or (auto) no timing recorded on this CPU: the fp32 file and one WARNING saying how to fix it.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import threading
+import platform
 from pathlib import Path
 
 import onnxruntime as ort
@@ -29,7 +31,7 @@ from . import assets
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("int8", "fp32")
+PRECISIONS = ("auto", "int8", "fp32")
 # Bump when the calibration set or the recipe changes: every int8 file is then rebuilt.
 RECIPE = "anoncam-int8-v2"
 # The quantizer settings (onnxruntime quantize_static), part of the cache key.
@@ -47,9 +49,6 @@ SETTINGS = {
     # the quantizer's output may change between onnxruntime minor versions
     "onnxruntime": ".".join(ort.__version__.split(".")[:2]),
 }
-# Models whose int8 file start-up may build on the fly (seconds, not minutes).
-BUILD_ON_START = {"yunet", "generator"}
-_lock = threading.Lock()
 
 
 def settings_for(name: str) -> dict:
@@ -78,53 +77,76 @@ def report_path(name: str, fp32_sha256: str) -> Path:
     return int8_dir(name, fp32_sha256) / "report.json"
 
 
+def cpu_id() -> str:
+    """This CPU, as recorded with a timing (a cache moved to another CPU is timed again)."""
+    keys = ("model name", "cpu model", "hardware", "cpu implementer", "cpu part")
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    vals = sorted({v.strip() for k, _, v in (ln.partition(":") for ln in lines) if k.strip().lower() in keys})
+    return " / ".join([platform.machine(), *vals] if vals else [platform.machine(), platform.processor()])
+
+
+def model_file(name: str, precision: str = "auto") -> Path:
+    """The file to load for model `name` at `precision` (see the module docstring)."""
+    fp32 = assets.model_path(name)  # verified; raises AssetError (path, sha256) if missing
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; one of {PRECISIONS}")
+    if precision == "fp32":
+        log.info("%s: fp32 model %s (runtime.precision: fp32)", name, fp32)
+        return fp32
+    sha = _fp32_sha(name)
+    path, report = int8_path(name, sha), report_path(name, sha)
+    fix = (f"Build it with `anoncam models quantize {name}` on this device, or set runtime.precision: "
+           f"fp32 to silence this.")
+    if not path.is_file():
+        why = ("it failed its drift gate, see " + str(report)) if _rejected(report) else "it is not built"
+        log.warning("%s: no int8 model: %s; RUNNING FP32 (%s). %s", name, why, fp32, fix)
+        return fp32
+    rep = _report(report)
+    assets.check_sha256(path, recorded_sha256(rep), f"{name} int8")  # AssetError if not as built
+    if precision == "int8":
+        log.info("%s: int8 model %s (runtime.precision: int8)", name, path)
+        return path
+    choice, why = speed_choice(rep)
+    if choice is None:
+        log.warning("%s: runtime.precision is auto but %s; RUNNING FP32 (%s). %s", name, why, fp32, fix)
+        return fp32
+    log.info("%s: %s model %s (runtime.precision: auto; %s)", name, choice, path if choice == "int8" else fp32, why)
+    return path if choice == "int8" else fp32
+
+
 def _fp32_sha(name: str) -> str:
     return assets.load_manifest("models")[name].sha256
 
 
-def model_file(name: str, precision: str = "int8", build: bool = True) -> Path:
-    """The file to load for model `name` at `precision` (see the module docstring)."""
-    fp32 = assets.model_path(name)  # verified; raises AssetError (path, sha256) if missing
-    if precision == "fp32":
-        log.info("%s: fp32 model %s (runtime.precision: fp32)", name, fp32)
-        return fp32
-    if precision != "int8":
-        raise ValueError(f"unknown precision {precision!r}; one of {PRECISIONS}")
-    sha = _fp32_sha(name)
-    path, report = int8_path(name, sha), report_path(name, sha)
-    with _lock:
-        if not path.is_file() and build and name in BUILD_ON_START and not _rejected(report):
-            log.warning("%s: no int8 model in the cache yet (%s); building it now from %s (once, a few "
-                        "seconds; `anoncam models quantize` does it ahead of time)", name, path, fp32)
-            try:
-                import quantize
-                quantize.build(name, log=log.info)
-            except Exception as e:  # noqa: BLE001 -- any failure: say so and run fp32
-                log.warning("%s: building the int8 model failed (%s: %s)", name, type(e).__name__, e)
-    if path.is_file():
-        assets.check_sha256(path, recorded_sha256(report), f"{name} int8")  # AssetError if not as built
-        log.info("%s: int8 model %s", name, path)
-        return path
-    why = ("it failed its drift gate, see " + str(report)) if _rejected(report) else "it is not built"
-    log.warning("%s: runtime.precision is int8 but %s; RUNNING FP32 (%s). Build it with `anoncam models "
-                "quantize %s`, or set runtime.precision: fp32 to silence this.", name, why, fp32, name)
-    return fp32
-
-
-def recorded_sha256(report: Path) -> str | None:
-    """The int8 file's sha256 as its build recorded it in report.json (None: no usable record)."""
+def _report(report: Path) -> dict:
     try:
         rep = json.loads(report.read_text())
-        return rep["int8"]["sha256"] if rep.get("installed") is True else None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        return rep if isinstance(rep, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def recorded_sha256(rep: dict) -> str | None:
+    """The int8 file's sha256 as its build recorded it in report.json (None: no usable record)."""
+    i8 = rep.get("int8") if rep.get("installed") is True else None
+    return i8.get("sha256") if isinstance(i8, dict) else None
+
+
+def speed_choice(rep: dict) -> tuple[str | None, str]:
+    """The recorded faster precision of a report and why; None when not timed on this CPU."""
+    sp = rep.get("speed")
+    if not isinstance(sp, dict) or sp.get("choice") not in ("int8", "fp32"):
+        return None, "no int8/fp32 timing is recorded for it"
+    if sp.get("cpu") != cpu_id():
+        return None, f"its timing was recorded on another CPU ({sp.get('cpu')}, this is {cpu_id()})"
+    return sp["choice"], f"int8 {sp.get('int8_ms')} ms vs fp32 {sp.get('fp32_ms')} ms on this CPU"
 
 
 def _rejected(report: Path) -> bool:
-    try:
-        return json.loads(report.read_text()).get("installed") is False
-    except (OSError, ValueError):
-        return False
+    return _report(report).get("installed") is False
 
 
 def identity(session) -> dict:
