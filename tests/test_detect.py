@@ -26,7 +26,7 @@ def pipe(models):
 @pytest.mark.parametrize("name", sorted(FACES))
 def test_default_detection_finds_every_face(pipe, media, name):
     img = cv2.imread(str(media[name]))
-    dets = pipe.detector.detect(img, tiles="all")
+    dets = pipe.detect(img, 0, still=True)
     hits = match([d.box for d in dets], FACES[name])
     assert hits.sum(axis=0).tolist() == [1] * len(FACES[name]), f"missed or doubled faces in {name}"
     assert hits.sum(axis=1).tolist() == [1] * len(dets), f"a box on no face in {name}"
@@ -34,23 +34,51 @@ def test_default_detection_finds_every_face(pipe, media, name):
 
 def test_no_box_on_face_free_image(pipe, media):
     img = cv2.imread(str(media["coffee"]))
-    assert pipe.detector.detect(img, tiles="all") == []
+    assert pipe.detect(img, 0, still=True) == []
 
 
-def test_small_faces_need_the_tile_pass(models, media):
-    """At a 160 px detection size the group faces shrink to 10-20 px: the full-frame pass alone misses
-    some, the tile pass finds all 22 with no false box."""
-    det = YuNet.from_file(models["yunet"], size=160, tiles=2)
-    found_full = found_tiles = 0
+def test_small_faces_need_the_pyramid(models, media):
+    """The group photos scaled so their faces are 24-68 px, in a 1600x1200 frame: one pass at 320 px
+    misses most, the pyramid for min_face 24 finds all 22 with no false box."""
+    det = YuNet.from_file(models["yunet"])
+    found_single = found_pyramid = 0
     for name in [f"group{i}" for i in range(1, 7)]:
         img = cv2.imread(str(media[name]))
-        full = match([d.box for d in det.detect(img, tiles="none")], FACES[name])
-        tiles = match([d.box for d in det.detect(img, tiles="all")], FACES[name])
-        assert tiles.sum(axis=1).tolist() == [1] * len(tiles), f"a box on no face in {name}"
-        found_full += int((full.sum(axis=0) > 0).sum())
-        found_tiles += int((tiles.sum(axis=0) > 0).sum())
-    assert found_tiles == 22
-    assert found_full < 22
+        s = 0.2  # faces of 120-340 px become 24-68 px; the photo 384 px wide
+        small = cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+        centres = [(x * s, y * s) for x, y in FACES[name]]
+        canvas = np.full((1200, 1600, 3), 128, np.uint8)  # the photo in a larger frame
+        canvas[400:400 + small.shape[0], 700:700 + small.shape[1]] = small
+        centres = [(x + 700, y + 400) for x, y in centres]
+        single = match([d.box for d in det.detect(canvas, tiles="none")], centres)
+        pyr = match([d.box for d in det.detect(canvas, min_face=24)], centres)
+        assert pyr.sum(axis=1).tolist() == [1] * len(pyr), f"a box on no face in {name}"
+        found_single += int((single.sum(axis=0) > 0).sum())
+        found_pyramid += int((pyr.sum(axis=0) > 0).sum())
+    assert found_pyramid == 22
+    assert found_single < 11
+
+
+def test_pyramid_levels_cover_the_image():
+    """Every level's tiles cover the whole image and overlap enough to hold a face that the next
+    coarser level sees below DETECT_PX; the last level is one pass."""
+    from anoncam.detect import yunet as Y
+    det = Y.YuNet(backend=None)
+    for shape in [(480, 640), (1080, 1920), (2160, 3840), (8000, 12000), (300, 20000)]:
+        levels = det.pyramid(shape, 24)
+        assert len(levels[-1][1]) == 1 and max(shape) * levels[-1][0] <= det.tile
+        for scale, rects in levels:
+            cover = np.zeros(shape[:2], bool)
+            for x0, y0, x1, y1 in rects:
+                assert (x1 - x0) * scale <= det.tile + 1 and (y1 - y0) * scale <= det.tile + 1
+                cover[y0:y1, x0:x1] = True
+            assert cover.all()
+        for (s1, r1), (s2, _) in zip(levels, levels[1:]):
+            # a face just too big to lie whole in some tile of this level is >= DETECT_PX on the next
+            xs = sorted({r[0] for r in r1})
+            widths = {r[2] - r[0] for r in r1}
+            overlap = min(widths) - max(np.diff(xs)) if len(xs) > 1 else min(widths)
+            assert overlap * s2 >= Y.DETECT_PX
 
 
 def test_detection_maps_back_to_full_resolution(models, media):

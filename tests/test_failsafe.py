@@ -44,7 +44,8 @@ def test_overrun_fails_closed(media, models):
 
 
 def test_within_budget_passes(media, models):
-    pipe = Pipeline.from_config(make_config())
+    # a budget no loaded test machine reaches: this checks that a normal frame is not failed
+    pipe = Pipeline.from_config(make_config(failsafe={"budget_ms": 600_000}))
     res = pipe.process(cv2.imread(str(media["group3"])), 0)
     assert res.status == "ok" and len(res.faces) == 3
 

@@ -52,11 +52,11 @@ class FailingDetector:
     def __init__(self, detector, fail_on):
         self.detector, self.fail_on, self.calls = detector, set(fail_on), 0
 
-    def detect(self, img, tiles="all"):
+    def detect(self, img, **kw):
         self.calls += 1
         if self.calls - 1 in self.fail_on:
             raise RuntimeError("injected detector fault")
-        return self.detector.detect(img, tiles)
+        return self.detector.detect(img, **kw)
 
 
 def test_detector_fault_ahead_fails_that_frame_closed(tmp_path, media, models):

@@ -39,7 +39,6 @@ class Pipeline:
         self.anonymizer = Anonymizer(cfg.anonymize, cfg.runtime.precision, cfg.runtime.threads)
         self.anonymizer.method_fn(cfg.anonymize.method)  # an unavailable method stops start-up
         self.tracker = Tracker(cfg.track.iou_threshold, cfg.track.coast_frames, cfg.track.coast_grow)
-        self._det_runs = 0
 
     @classmethod
     def from_config(cls, cfg: Config, policy: Policy | None = None) -> Pipeline:
@@ -117,8 +116,8 @@ class Pipeline:
         if not (still or index % self.cfg.detect.every_n == 0):
             return None
         src = frame if detect_frame is None else detect_frame
-        dets = self.detector.detect(src, tiles="all" if still else self._det_runs)
-        self._det_runs += 1
+        min_face = self.cfg.detect.min_face if still else self.cfg.detect.video_min_face
+        dets = self.detector.detect(src, min_face=min_face * src.shape[1] / frame.shape[1])
         if detect_frame is not None:
             s = np.array([frame.shape[1] / src.shape[1], frame.shape[0] / src.shape[0]] * 2, np.float32)
             for d in dets:

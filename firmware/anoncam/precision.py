@@ -161,7 +161,7 @@ def detector(cfg):
     onnxruntime at runtime.precision with runtime.onnx_providers (CUDA/TensorRT when present)."""
     from .detect.yunet import YuNet
     rt, d = cfg.runtime, cfg.detect
-    kw = dict(size=d.size, score_threshold=d.score_threshold, nms_threshold=d.nms_threshold, tiles=d.tiles)
+    kw = dict(score_threshold=d.score_threshold, nms_threshold=d.nms_threshold, tile=d.tile)
     if rt.detector_tflite is not None:
         be = _tflite_detector(Path(rt.detector_tflite), rt)
         log.info("%s: LiteRT %s (delegate %s)", d.model, rt.detector_tflite, be.delegate)
