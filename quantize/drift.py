@@ -63,12 +63,17 @@ def _ms(sess: _Session, x: np.ndarray, n: int = 60) -> float:
 
 # ------------------------------------------------------------------------------------ detector
 
-def _yunet(backend, tiles=2):
+def _yunet(backend):
     from anoncam.config import DetectConfig
     from anoncam.detect.yunet import YuNet
     d = DetectConfig()
-    return YuNet(backend, size=d.size, score_threshold=d.score_threshold, nms_threshold=d.nms_threshold,
-                 tiles=tiles)
+    return YuNet(backend, score_threshold=d.score_threshold, nms_threshold=d.nms_threshold, tile=d.tile)
+
+
+def _min_face(still: bool) -> int:
+    from anoncam.config import DetectConfig
+    d = DetectConfig()
+    return d.min_face if still else d.video_min_face
 
 
 def _match_centres(boxes, centres):
@@ -96,16 +101,17 @@ def _agreement(ref, got, thr=0.5):
 class Detector:
     calibration_from = ("clip frames 0,100,200,.. of franck, cap12 (12 each) and 0,60,.. of cap13; the "
                         "small-faces photo; coffee (no face); run through YuNet exactly as at run time "
-                        "(320 px long side padded to multiples of 32, plus the 2x2 tiles where the frame "
-                        "is large) so every input shape the runtime sees is calibrated")
-    evaluation_from = ("6 group photos + astronaut (23 hand-counted faces, default detect settings, all "
-                       "tiles); clip frames 50,150,.. (franck, cap12) and 30,90,.. (cap13), 12 each")
+                        "(the pyramid for detect.video_min_face on clip frames, detect.min_face on the "
+                        "photos) so every input scale the runtime sees is calibrated")
+    evaluation_from = ("6 group photos + astronaut (23 hand-counted faces, default detect settings, "
+                       "stills pyramid); clip frames 50,150,.. (franck, cap12) and 30,90,.. (cap13), 12 each")
 
     def calibration(self, src) -> list[np.ndarray]:
         rec = _Recorder(_Session(src.model))
         det = _yunet(rec)
-        for img in calib.calibration_images():
-            det.detect(img, tiles="all")
+        imgs = calib.calibration_images()
+        for i, img in enumerate(imgs):
+            det.detect(img, min_face=_min_face(still=i >= len(imgs) - 2))  # the last two are photos
         return rec.inputs
 
     def compare(self, fp32: onnx.ModelProto, int8: onnx.ModelProto) -> dict:
@@ -119,8 +125,8 @@ def detector_drift(a, b, latency: bool = True) -> dict:
     all_ious = []
     for name, centres in calib.FACES.items():
         img = calib.read(name)
-        ba = [d.box for d in da.detect(img, tiles="all")]
-        bb = [d.box for d in db.detect(img, tiles="all")]
+        ba = [d.box for d in da.detect(img, min_face=_min_face(True))]
+        bb = [d.box for d in db.detect(img, min_face=_min_face(True))]
         fa, xa = _match_centres(ba, centres)
         fb, xb = _match_centres(bb, centres)
         _, ious, _ = _agreement(ba, bb)
@@ -139,8 +145,8 @@ def detector_drift(a, b, latency: bool = True) -> dict:
     cious = []
     for name, frames in calib.eval_clip_frames().items():
         for f in frames:
-            ba = [d.box for d in da.detect(f, tiles="all")]
-            bb = [d.box for d in db.detect(f, tiles="all")]
+            ba = [d.box for d in da.detect(f, min_face=_min_face(False))]
+            bb = [d.box for d in db.detect(f, min_face=_min_face(False))]
             m, ious, extra = _agreement(ba, bb)
             clips["frames"] += 1
             clips["fp32_boxes"] += len(ba)
@@ -164,12 +170,12 @@ def _faces_for_generator(images: list[np.ndarray]) -> list[tuple[np.ndarray, np.
     from anoncam.backends import open_model
     from anoncam.detect.facemesh import FaceMesh
     from anoncam.detect.yunet import YuNet
-    det = YuNet.from_file(assets.model_path("yunet"), threads=1, size=320, tiles=2)
+    det = YuNet.from_file(assets.model_path("yunet"), threads=1)
     mesh = FaceMesh(open_model(assets.model_path("facemesh"), "tflite", threads=1), 0.5)
     bank = IdentityBank(assets.model_path("generator_identities"))
     out = []
     for img in images:
-        for d in det.detect(img, tiles="all"):
+        for d in det.detect(img, min_face=_min_face(False)):
             pts, _ = mesh.run(img, *FaceMesh.region_from_box(d.box, d.kps))
             if pts is None or max(d.box[2:] - d.box[:2]) < 40:
                 continue

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "int8", "fp32")
 # Bump when the calibration set or the recipe changes: every int8 file is then rebuilt.
-RECIPE = "anoncam-int8-v2"
+RECIPE = "anoncam-int8-v3"
 # The quantizer settings (onnxruntime quantize_static), part of the cache key.
 SETTINGS = {
     "recipe": RECIPE,
