@@ -149,7 +149,7 @@ def cmd_eval(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     opts = ev.Options(methods=methods, out=Path(args.out), orl_people=args.orl_people,
                       franck_frames=args.franck_frames, threads=args.threads, config=load(args.config),
-                      progress=True, keys=args.keys)
+                      progress=True, keys=args.keys, realism=args.realism)
     rep = ev.run(opts)
     for name, m in rep["methods"].items():
         o = m.get("orl") or {}
@@ -209,6 +209,9 @@ def parser() -> argparse.ArgumentParser:
         "random identity keys for generative: ORL rank-1 per key, the target on their mean (1: one key)"))
     e.add_argument("--threads", type=int, default=1, help="threads per model and for OpenCV")
     e.add_argument("--config", help="YAML config whose anonymize/detect settings are evaluated")
+    e.add_argument("--realism", action="store_true", help=(
+        "also the realism section: detail, seam, real-vs-anonymized AUC, face-api re-ID, flicker and "
+        "contact sheets of held-out faces (realism_faces.png, realism_clips.png; ~3 min more)"))
     e.set_defaults(fn=cmd_eval)
     from . import bench
     bench.add_parser(sub)  # `anoncam bench`

@@ -46,6 +46,7 @@ class Options:
     sheet_group: int = 3   # group-photo faces on the contact sheet
     progress: bool = False
     keys: int = 1          # identity keys per key-dependent method (generative): rank-1 per key
+    realism: bool = False  # the realism section (realism_run.py): held-out faces, face-api, clips
 
 
 def known_methods() -> list[str]:
@@ -147,8 +148,12 @@ def evaluate(opts: Options) -> dict:
     orl_info = _run_orl(inst, runs, opts, sheet_rows)
     franck_info = _run_franck(inst, runs, opts) if opts.franck_frames > 0 else {}
     _run_group(inst, runs, opts, sheet_rows)
+    realism = None
+    if opts.realism:
+        from . import realism_run
+        realism = realism_run.run(inst, runs, opts)
     return {"runs": runs, "unavailable": unavailable, "orl": orl_info, "franck": franck_info,
-            "sheet": sheet_rows, "options": opts, "config": cfg}
+            "sheet": sheet_rows, "options": opts, "config": cfg, "realism": realism}
 
 
 def _fail(run: MethodRun, e: Exception) -> None:

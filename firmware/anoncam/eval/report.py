@@ -61,7 +61,7 @@ def build(result: dict) -> dict:
                       "threads": opts.threads, "precision": precision,
                       "int8": "no model to quantize" if name in NO_MODEL else precision},
         }
-    return {
+    rep = {
         "tool": "anoncam eval",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "settings": {
@@ -75,6 +75,11 @@ def build(result: dict) -> dict:
         "figures": {"privacy_utility": SCATTER_NAME, "contact_sheet": SHEET_NAME},
         "warning": SHEET_WARNING,
     }
+    if result.get("realism"):  # `--realism` (realism_run.py)
+        from . import realism_run
+        rep["realism"] = realism_run.summary(result["realism"])
+        rep["figures"].update(realism_faces=realism_run.FACES_PNG, realism_clips=realism_run.CLIPS_PNG)
+    return rep
 
 
 def targets(entry: dict) -> list[tuple[str, float | None, bool | None]]:
@@ -205,6 +210,9 @@ def markdown(rep: dict) -> str:
               "", "## Figures", "",
               f"![privacy vs utility]({SCATTER_NAME})", "",
               f"![contact sheet: original | methods]({SHEET_NAME})", ""]
+    if rep.get("realism"):
+        from . import realism_run
+        lines += realism_run.markdown(rep["realism"])
     return "\n".join(lines)
 
 
@@ -295,8 +303,11 @@ def write(result: dict, out: Path) -> dict:
     rep = build(result)
     opts: Options = result["options"]
     cols = [m for m in dict.fromkeys(opts.methods) if m != BASELINE]
-    for name, img in ((SCATTER_NAME, scatter(rep)),
-                      (SHEET_NAME, contact_sheet(result["sheet"], cols, result["unavailable"]))):
+    figs = {SCATTER_NAME: scatter(rep), SHEET_NAME: contact_sheet(result["sheet"], cols, result["unavailable"])}
+    if result.get("realism"):
+        from . import realism_run
+        figs.update(realism_run.images(result["realism"], [c for c in cols if c in result["realism"]["methods"]]))
+    for name, img in figs.items():
         ok, buf = cv2.imencode(".png", img)
         if not ok:
             raise RuntimeError(f"cannot encode {name}")
