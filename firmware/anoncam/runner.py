@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import queue
 import resource
 import signal
 import sys
@@ -12,6 +11,7 @@ from collections.abc import Callable
 
 from .capture import open_source
 from .config import Config
+from .control import Control
 from .pipeline import Pipeline
 from .sinks import Sink
 from .sinks.disk import DiskSink
@@ -49,33 +49,24 @@ class Runner:
         self.stop_event = threading.Event()
         self.on_frame: list[Callable[[FrameResult, Stats], None]] = []  # e.g. the systemd watchdog
         self.sink_errors = 0
-        self.output_enabled = True  # False pauses every sink; frames are still read and anonymized
-        self.commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()  # run between frames
+        # what may change at run time (output on/off, method), from MQTT commands; applied between frames
+        self.control = Control(cfg, self.pipeline)
         if cfg.mqtt.enabled and sinks is None:
             from .mqtt.sink import MqttSink
-            self.sinks.append(MqttSink(cfg, self))
+            mqtt = MqttSink(cfg, self.control)
+            self.sinks.append(mqtt)
+            self.on_frame.append(mqtt.on_frame)
 
     def stop(self, *_args) -> None:
         self.stop_event.set()
 
-    def set_method(self, name: str) -> None:
-        """Switch the anonymization method (raises if it is not available; never turns it off)."""
-        self.pipeline.anonymizer.method_fn(name)
-        if not hasattr(self.pipeline.policy, "method"):
-            raise RuntimeError(f"the {type(self.pipeline.policy).__name__} policy has no method to switch")
-        self.cfg.anonymize.method = self.pipeline.cfg.anonymize.method = name
-        self.pipeline.policy.method = name
+    @property
+    def output_enabled(self) -> bool:
+        """False pauses every sink; frames are still read and anonymized."""
+        return self.control.enabled
 
     def _apply_commands(self) -> None:
-        while True:
-            try:
-                fn = self.commands.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                fn()
-            except Exception as e:
-                log.error("command failed: %s: %s", type(e).__name__, e)
+        self.control.apply_pending()
 
     def run(self, max_frames: int | None = None) -> Stats:
         no_core_dumps()

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import struct
 
-SETTINGS = ("enabled", "method", "snapshots")
-
 
 class Topics:
     def __init__(self, prefix: str, camera: str):
