@@ -143,3 +143,28 @@ def test_a_fault_leaves_nothing_raw(monkeypatch, clip, stage, on_failure):
             assert status == "dropped" and img is None, f"dropped frame {i} reached a sink with pixels"
         else:
             assert status == "covered" and (img == img[0, 0]).all()
+
+
+def test_a_lores_fault_blanks_and_drops(monkeypatch, clip):
+    """The lores stream cannot be read on some frames: the frame loop's rule blanks those main
+    buffers and drops them (no detection on main instead)."""
+    frames, boxes = clip
+    enter, mapped = fake_picamera2.MappedArray.__enter__, []
+
+    def failing(self):
+        if self.stream == "lores":
+            mapped.append(1)
+            if len(mapped) - 1 in FAIL:
+                raise RuntimeError("injected lores fault")
+        return enter(self)
+
+    monkeypatch.setattr(fake_picamera2.MappedArray, "__enter__", failing)
+    delivered, sink, stats = run(monkeypatch, frames)
+    assert len(mapped) == N and stats.counts["dropped"] == len(FAIL) and stats.counts["ok"] == N - len(FAIL)
+    for i, (orig, out) in enumerate(zip(frames, delivered)):
+        if i in FAIL:
+            assert not out.any(), f"frame {i}: lores failed but main was not blanked"
+        else:
+            assert all(is_covered(orig, out, b) for b in boxes[i]), f"frame {i}: a face is not covered"
+    for i, status, img, _ in sink.got:
+        assert (status, img is None) == (("dropped", True) if i in FAIL else ("ok", False))

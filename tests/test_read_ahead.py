@@ -2,7 +2,8 @@
 line, and a detector fault in that thread fails its frame closed."""
 import cv2
 import numpy as np
-from anoncam.offline import MAX_MISSES, anonymize_video, read_frames
+from anoncam.capture.files import MAX_MISSES, read_frames
+from anoncam.offline import anonymize_video
 from anoncam.pipeline import Pipeline
 from anoncam.stats import Stats
 from conftest import make_config
@@ -71,6 +72,21 @@ def test_detector_fault_ahead_fails_that_frame_closed(tmp_path, media, models):
     covered = [i for i, f in enumerate(got) if np.abs(f.astype(int) - color).max() <= 8]
     assert covered == [7, 8]
     assert stats.counts["covered"] == 2 and stats.counts["ok"] == 28
+
+
+def test_a_dropped_frame_keeps_its_place_covered(tmp_path, media, models):
+    """on_failure: drop, in a file: the failed frames are written fully covered, the count kept."""
+    clip = short_clip(media["franck"], tmp_path / "in.avi", 30)
+    pipe = Pipeline.from_config(make_config(anonymize={"method": "blur"}, runtime={"threads": 1},
+                                            failsafe={"on_failure": "drop"}))
+    pipe.detector = FailingDetector(pipe.detector, fail_on=[7, 8])
+    out, stats = tmp_path / "out.avi", Stats()
+    anonymize_video(pipe, clip, out, stats, progress=False, read_ahead=False)
+    got = frames(out)
+    assert len(got) == 30
+    color = np.array(pipe.cfg.anonymize.solid_color)
+    assert [i for i, f in enumerate(got) if np.abs(f.astype(int) - color).max() <= 8] == [7, 8]
+    assert stats.counts["dropped"] == 2 and stats.counts["ok"] == 28
 
 
 class Capture:

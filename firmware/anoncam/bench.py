@@ -8,12 +8,13 @@ Each (size, faces, precision, threads) configuration runs in its own process (`-
 peak RSS is its own, as a daemon's would be. Per frame it times:
   decode     read the next clip frame and scale it to the size (the camera's cost; compositing is
              bench set-up and is not timed)
-  detect, track, landmarks    Pipeline.process, as the daemon records them (FrameResult.timings)
+  detect, track, landmarks    the frame loop's per-frame rule (FrameLoop.step -> Pipeline.process),
+             as the daemon records them (FrameResult.timings)
   generate   the method's own function (the generator for `generative`)
   blend      anonymize minus generate: masks, feathered paste, privacy zones, policy
-  encode     the disk sink's video encode (VideoFile, mp4v), as the daemon writes segments
-  publish    an MQTT-style snapshot (JPEG q80, at most 640 wide) and event JSON, every frame (an
-             upper bound: the daemon publishes a snapshot at most every mqtt.snapshot.every_s)
+  encode     a video file sink's encode (VideoFile, mp4v), as the daemon writes segments
+  publish    a sink making an MQTT-style snapshot (JPEG q80, at most 640 wide) and event JSON, every
+             frame (an upper bound: the daemon publishes a snapshot at most every mqtt.snapshot.every_s)
 and reports p50/p95/p99 per stage, end-to-end latency (the loop iteration) p50/p95/p99, fps over
 the timed frames (after --warmup frames) and peak RSS (ru_maxrss).
 
@@ -108,16 +109,63 @@ def _pct(v) -> dict:
     return {f"p{q}": round(float(np.percentile(v, q)), 3) for q in QS}
 
 
+class Timed:
+    """A sink, and the ms its last write took."""
+
+    def __init__(self, sink):
+        self.sink, self.ms = sink, 0.0
+
+    def write(self, result) -> None:
+        t = time.perf_counter()
+        try:
+            self.sink.write(result)
+        finally:
+            self.ms = (time.perf_counter() - t) * 1000
+
+    def close(self) -> None:
+        self.sink.close()
+
+
+class Publish:
+    """What an MQTT publish costs the camera loop: a snapshot (JPEG q80, at most 640 wide) and the
+    event JSON, made and dropped."""
+
+    def __init__(self):
+        import cv2
+
+        from .sinks.files import encode_image
+        self.cv2, self.encode_image = cv2, encode_image
+
+    def write(self, res) -> None:
+        snap = res.image
+        if snap is None:  # a dropped frame: nothing to publish (as the MQTT sink)
+            return
+        if snap.shape[1] > 640:
+            snap = self.cv2.resize(snap, (640, round(snap.shape[0] * 640 / snap.shape[1])),
+                                   interpolation=self.cv2.INTER_AREA)
+        payload = self.encode_image(snap, ".jpg", 80)
+        json.dumps({"frame": res.index, "faces": [{"id": f.track_id, "box": [round(float(v), 1) for v in f.box]}
+                                                  for f in res.faces], "bytes": len(payload)})
+
+    def close(self) -> None:
+        pass
+
+
 def worker(a) -> dict:
-    """Run one configuration in this process; return its run record."""
+    """Run one configuration in this process; return its run record. Frames go through the frame
+    loop's step (FrameLoop.step: the per-frame rule, then a video file sink and a publish sink); the
+    worker reads the clip itself so that compositing stays out of `decode`."""
     import cv2
     import numpy as np
 
     from . import assets, precision
     from .anonymize import methods
+    from .capture import Frame
+    from .capture.files import VideoFileSource
     from .config import load, override
+    from .loop import FrameLoop
     from .pipeline import Pipeline
-    from .sinks.files import VideoFile, encode_image
+    from .sinks.files import VideoFileSink
     cv2.setNumThreads(a.threads)
     w, h = (int(v) for v in a.size.split("x"))
     cfg = override(load(a.config), **{"runtime.precision": a.precision, "runtime.threads": a.threads,
@@ -136,38 +184,26 @@ def worker(a) -> dict:
             gen_ms[0] += (time.perf_counter() - t) * 1000
     methods.METHODS[a.method] = timed_fn
     pipe.anonymizer.method_fn = lambda name: timed_fn if name == a.method else methods.METHODS[name]
-    clip = assets.media_path("franck")
-    cap = cv2.VideoCapture(str(clip))
-    fps_src = cap.get(cv2.CAP_PROP_FPS) or 24.0
+    source = VideoFileSource(assets.media_path("franck"), loop=True)
+    clip = iter(source)
     stage = {s: [] for s in STAGES}
     e2e, found = [], []
     with tempfile.TemporaryDirectory(prefix="anoncam-bench-") as tmp:
-        video = VideoFile(Path(tmp) / "bench.mp4", fps_src, (w, h))
+        encode = Timed(VideoFileSink(Path(tmp) / "bench.mp4", source.native_fps, (w, h), cfg.anonymize.solid_color))
+        publish = Timed(Publish())
+        loop = FrameLoop(pipe, [encode, publish])
         total = a.warmup + a.frames
         t_first = None
         for i in range(total):
             if i == a.warmup:
                 t_first = time.perf_counter()
             t0 = time.perf_counter()
-            ok, raw = cap.read()
-            if not ok:
-                cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-                ok, raw = cap.read()
-            frame = cv2.resize(raw, (w, h), interpolation=cv2.INTER_LINEAR)
+            frame = cv2.resize(next(clip).image, (w, h), interpolation=cv2.INTER_LINEAR)
             t_dec = time.perf_counter()
             compose(frame)  # bench set-up, not a pipeline stage
             t1 = time.perf_counter()
             gen_ms[0] = 0.0
-            res = pipe.process(frame, i)
-            t2 = time.perf_counter()
-            video.write(res.image if res.image is not None else frame)
-            t3 = time.perf_counter()
-            snap = res.image if res.image is not None else frame
-            if snap.shape[1] > 640:
-                snap = cv2.resize(snap, (640, round(snap.shape[0] * 640 / snap.shape[1])), interpolation=cv2.INTER_AREA)
-            payload = encode_image(snap, ".jpg", 80)
-            event = json.dumps({"frame": i, "faces": [{"id": f.track_id, "box": [round(float(v), 1) for v in f.box]}
-                                                      for f in res.faces], "bytes": len(payload)})
+            res = loop.step(Frame(i, time.time(), frame))
             t4 = time.perf_counter()
             if i < a.warmup:
                 continue
@@ -177,13 +213,13 @@ def worker(a) -> dict:
                 stage[s].append(tm.get(s, 0.0))
             stage["generate"].append(gen_ms[0])
             stage["blend"].append(max(0.0, tm.get("anonymize", 0.0) - gen_ms[0]))
-            stage["encode"].append((t3 - t2) * 1000)
-            stage["publish"].append((t4 - t3) * 1000 + 0 * len(event))
+            stage["encode"].append(encode.ms)
+            stage["publish"].append(publish.ms)
             e2e.append(((t_dec - t0) + (t4 - t1)) * 1000)
             found.append(len(res.faces))
         wall = time.perf_counter() - t_first - 0.0
-        video.abort()
-    cap.release()
+        encode.sink.abort()
+    source.close()
     # fps over the pipeline's own work (compositing excluded)
     work_s = sum(e2e) / 1000
     det = pipe.detector.backend

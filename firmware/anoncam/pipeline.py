@@ -85,17 +85,17 @@ class Pipeline:
             res.timings["anonymize"] = (time.perf_counter() - t) * 1000
         except Exception as e:  # fail closed on any fault, whatever it is
             log.error("frame %d failed closed: %s: %s", index, type(e).__name__, e)
-            return self._fail(res, f"error: {type(e).__name__}")
+            return self.fail(res, f"error: {type(e).__name__}")
         total = (time.perf_counter() - t0) * 1000
         if live and total > self.cfg.failsafe.budget_ms:
             log.warning("frame %d over budget (%.0f ms > %.0f ms); failed closed", index, total,
                         self.cfg.failsafe.budget_ms)
-            return self._fail(res, "over budget")
+            return self.fail(res, "over budget")
         return res
 
-    def _fail(self, res: FrameResult, reason: str) -> FrameResult:
-        """Cover the whole frame in place, whatever on_failure says (a camera's encoder and preview
-        still get this buffer); `drop` then also keeps it from every sink (image None)."""
+    def fail(self, res: FrameResult, reason: str) -> FrameResult:
+        """Cover the whole frame (res.image) in place, whatever on_failure says (a camera's encoder
+        and preview still get this buffer); `drop` then also keeps it from every sink (image None)."""
         res.reason = reason
         res.sidecar = {}
         try:

@@ -1,6 +1,7 @@
 """Frame sources: image files, directories, video files, OpenCV capture (device index, URL,
 GStreamer) and picamera2. Each yields Frame(index, timestamp, image); image is None for a frame that
-could not be decoded (the pipeline drops and counts it)."""
+could not be decoded (the frame loop drops and counts it). Sources only read: the frame loop
+(anoncam/loop.py) anonymizes."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,8 +20,9 @@ class Frame:
     index: int
     timestamp: float
     image: np.ndarray | None
-    error: str = ""
-    result: object | None = None  # set when the source anonymized the frame itself (picamera2)
+    error: str = ""  # why the frame could not be read (in full); the frame loop drops it
+    detect_image: np.ndarray | None = None  # a smaller picture of it to detect on (picamera2 lores)
+    result: object | None = None  # the frame loop's rule already ran on it in the camera's callback
 
 
 class SourceError(RuntimeError):

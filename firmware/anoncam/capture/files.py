@@ -28,6 +28,11 @@ def read_image(path: Path) -> np.ndarray:
     return img
 
 
+def still(path: Path):
+    """One image file as a one-frame source; an unreadable file raises ValueError (read_image)."""
+    yield Frame(0, time.time(), read_image(path))
+
+
 def list_images(path: Path) -> list[Path]:
     if path.is_dir():
         return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXT and p.is_file())
@@ -60,15 +65,42 @@ class ImagesSource:
         pass
 
 
+MAX_MISSES = 25  # undecodable frames in a row inside a stream before it counts as ended
+
+
+def read_frames(cap, first: np.ndarray, expected: int):
+    """The frames of an open capture, `first` already read; an undecodable frame inside the stream
+    comes as None (up to MAX_MISSES in a row; none past the container's frame count)."""
+    yield first
+    i, misses = 1, 0
+    while True:
+        ok, frame = cap.read()
+        if ok and frame is not None:
+            misses = 0
+            yield frame
+        elif i >= expected or misses >= MAX_MISSES:
+            return
+        else:
+            misses += 1
+            yield None
+        i += 1
+
+
 class VideoFileSource:
+    """A video file, the one reader for the daemon, `anoncam anonymize`, bench and eval. An undecodable
+    frame inside the stream keeps its place as a frame without an image (see read_frames).
+    `threads`: FFmpeg decoder threads (default: its own choice)."""
+
     kind = "video"
 
-    def __init__(self, path: Path, loop: bool = False, fps: float | None = None, realtime: bool = False):
+    def __init__(self, path: Path, loop: bool = False, fps: float | None = None, realtime: bool = False,
+                 threads: int | None = None):
         self.path = path
-        self.cap = cv2.VideoCapture(str(path))
+        self.cap = cv2.VideoCapture(str(path), cv2.CAP_ANY, [cv2.CAP_PROP_N_THREADS, threads] if threads else [])
         if not self.cap.isOpened():
             raise SourceError(f"{path}: cannot open as video")
         native = self.cap.get(cv2.CAP_PROP_FPS)
+        self.native_fps = native or 25.0  # the container's rate: a file written from it keeps it
         self.fps = fps or (native if native and 1 <= native <= 240 else 25.0)
         self.frame_count = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT))
         self.loop, self.realtime = loop, realtime or fps is not None
@@ -77,29 +109,26 @@ class VideoFileSource:
             self.cap.release()
             raise SourceError(f"{path}: no decodable video frames")
         self._first = first
+        self.size = (first.shape[1], first.shape[0])
+        self.waited_s = 0.0
 
     def __iter__(self):
-        i, start = 0, time.monotonic()
-        frame = self._first
-        while True:
-            if frame is None:
-                ok, frame = self.cap.read()
-                if not ok:
-                    if not self.loop:
-                        return
-                    self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-                    ok, frame = self.cap.read()
-                    if not ok:
-                        return
-            self.waited_s = 0.0
-            if self.realtime:
-                delay = start + i / self.fps - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                    self.waited_s = delay  # pacing, not decoding: the runner leaves it out of 'decode'
-            yield Frame(i, time.time(), frame)
-            frame = None
-            i += 1
+        i, start, first = 0, time.monotonic(), self._first
+        while first is not None:
+            for img in read_frames(self.cap, first, self.frame_count):
+                self.waited_s = 0.0
+                if self.realtime:
+                    delay = start + i / self.fps - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                        self.waited_s = delay  # pacing, not decoding: the frame loop leaves it out of 'decode'
+                yield Frame(i, time.time(), img, error="" if img is not None else "undecodable frame")
+                i += 1
+            if not self.loop:
+                return
+            self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, first = self.cap.read()
+            first = first if ok else None
 
     def close(self) -> None:
         self.cap.release()

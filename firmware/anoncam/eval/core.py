@@ -2,9 +2,9 @@
 
 Methods are applied exactly as the camera applies them: through a `Pipeline` built from the config
 with `anonymize.method` set (its Anonymizer, mask, feathering and, on video, its detector and
-tracker). On ORL each face is anonymized at the place of the eval's own detection of the original
-(YuNet + FaceMesh, the same models), so a detector miss does not blur the comparison between
-methods. `none` is the eval's internal baseline (no anonymization; never a camera method): it
+tracker, through the camera's frame loop, anoncam/loop.py). On ORL each face is anonymized at the
+place of the eval's own detection of the original (YuNet + FaceMesh, the same models), so a
+detector miss does not blur the comparison between methods. `none` is the eval's internal baseline (no anonymization; never a camera method): it
 checks the instruments and gives the ceiling of re-identification.
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ import numpy as np
 from ..anonymize import methods as method_registry
 from ..config import Config, override
 from ..detect import iou
+from ..loop import FrameLoop
 from ..pipeline import Pipeline
 from ..types import Detection, Face
 from . import datasets
@@ -216,53 +217,78 @@ def _run_franck(inst: Instruments, runs: dict[str, MethodRun], opts: Options) ->
         if run.error:
             continue
         try:
-            run.video = _franck_method(inst, run, refs, fps)
+            run.video = _franck_method(inst, run, refs)
         except Exception as e:  # noqa: BLE001
             _fail(run, e)
     return {"frames": len(refs), "frames_with_face": sum(d is not None for d, _ in refs), "fps": fps,
             "original_consecutive_cos_median": _median(orig_consec), "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def _franck_method(inst: Instruments, run: MethodRun, refs, fps: float) -> dict:
-    pipe = run.pipe
-    if pipe is not None:
-        pipe.reset()
-    consec, to_orig, found, ious, frame_ms, anon_ms = [], [], [], [], [], []
-    covered = dropped = missed = 0
-    prev = None  # (track id, anonymized embedding) of the previous frame
-    for i, frame in enumerate(datasets.video_frames("franck", len(refs))):
-        det, emb_orig = refs[i]
-        track = 0  # `none`: one face, one track
-        if pipe is not None:
-            track = -1  # the pipeline did not see the face: it stays raw, and counts as such
-            res = pipe.process(frame, i, timestamp=i / fps)  # anonymized in place
-            frame_ms.append(sum(res.timings.values()))
-            anon_ms.append(res.timings.get("anonymize", 0.0))
-            covered += res.status == "covered"
-            if res.image is None:
-                dropped += 1
-                prev = None
-                continue
-            if det is not None and res.faces:
-                best = max(res.faces, key=lambda f: iou(f.box, det.box))
-                track = best.track_id if iou(best.box, det.box) > 0 else -1
-            missed += det is not None and track < 0
+def _franck_method(inst: Instruments, run: MethodRun, refs) -> dict:
+    """The clip through the camera's frame loop (FrameLoop), measured as a sink; `none` unchanged."""
+    m = FranckSink(inst, refs)
+    if run.pipe is None:
+        for i, frame in enumerate(datasets.video_frames("franck", len(refs))):
+            m.measure(i, frame, track=0)  # `none`: one face, one track
+    else:
+        source = datasets.video_source("franck")
+        try:
+            FrameLoop(run.pipe, [m]).run(source, max_frames=len(refs))
+        finally:
+            source.close()
+    return m.summary()
+
+
+class FranckSink:
+    """Per-frame measurements of franck as the frame loop delivers it (anonymized, or dropped)."""
+
+    def __init__(self, inst: Instruments, refs):
+        self.inst, self.refs = inst, refs
+        self.consec, self.to_orig, self.found, self.ious, self.frame_ms, self.anon_ms = [], [], [], [], [], []
+        self.covered = self.dropped = self.missed = 0
+        self.prev = None  # (track id, anonymized embedding) of the previous frame
+
+    def write(self, res) -> None:
+        self.frame_ms.append(sum(v for k, v in res.timings.items() if k != "decode"))
+        self.anon_ms.append(res.timings.get("anonymize", 0.0))
+        self.covered += res.status == "covered"
+        if res.image is None:
+            self.dropped += 1
+            self.prev = None
+            return
+        det = self.refs[res.index][0]
+        track = -1  # the pipeline did not see the face: it stays raw, and counts as such
+        if det is not None and res.faces:
+            best = max(res.faces, key=lambda f: iou(f.box, det.box))
+            track = best.track_id if iou(best.box, det.box) > 0 else -1
+        self.missed += det is not None and track < 0
+        self.measure(res.index, res.image, track)
+
+    def measure(self, i: int, frame: np.ndarray, track: int) -> None:
+        det, emb_orig = self.refs[i]
         if det is None:
-            prev = None
-            continue
-        own = inst.face_at(frame, det.box)
-        found.append(own is not None)
+            self.prev = None
+            return
+        own = self.inst.face_at(frame, det.box)
+        self.found.append(own is not None)
         if own is not None:
-            ious.append(iou(own.box, det.box))
-        emb = inst.embed(frame, own if own is not None else det)
-        to_orig.append(cosine(emb, emb_orig))
-        if prev is not None and prev[0] == track and track >= 0:
-            consec.append(cosine(emb, prev[1]))
-        prev = (track, emb)
-    return {"faces": len(to_orig), "consecutive_cos_median": _median(consec), "consecutive_pairs": len(consec),
-            "anon_orig_cos_median": _median(to_orig), "yunet_found": _mean(found), "iou_mean": _mean(ious),
-            "covered_frames": covered, "dropped_frames": dropped, "faces_missed_by_pipeline": missed,
-            "pipeline_ms_per_frame_p50": _median(frame_ms), "anonymize_ms_per_frame_p50": _median(anon_ms)}
+            self.ious.append(iou(own.box, det.box))
+        emb = self.inst.embed(frame, own if own is not None else det)
+        self.to_orig.append(cosine(emb, emb_orig))
+        if self.prev is not None and self.prev[0] == track and track >= 0:
+            self.consec.append(cosine(emb, self.prev[1]))
+        self.prev = (track, emb)
+
+    def close(self) -> None:
+        pass
+
+    def summary(self) -> dict:
+        return {"faces": len(self.to_orig), "consecutive_cos_median": _median(self.consec),
+                "consecutive_pairs": len(self.consec), "anon_orig_cos_median": _median(self.to_orig),
+                "yunet_found": _mean(self.found), "iou_mean": _mean(self.ious), "covered_frames": self.covered,
+                "dropped_frames": self.dropped, "faces_missed_by_pipeline": self.missed,
+                "pipeline_ms_per_frame_p50": _median(self.frame_ms),
+                "anonymize_ms_per_frame_p50": _median(self.anon_ms)}
 
 
 def _run_group(inst: Instruments, runs: dict[str, MethodRun], opts: Options, sheet_rows: list) -> None:

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from .. import assets
+from ..capture.files import VideoFileSource
 
 ORL_PEOPLE = 40
 ORL_SHOTS = 10
@@ -47,24 +48,27 @@ def load_orl(img: OrlImage) -> np.ndarray:
     return cv2.resize(bgr, None, fx=ORL_UPSCALE, fy=ORL_UPSCALE, interpolation=cv2.INTER_CUBIC)
 
 
+def video_source(name: str) -> VideoFileSource:
+    """A sample clip as the camera's video reader (capture/files.py) reads it."""
+    return VideoFileSource(assets.media_path(name))
+
+
 def video_frames(name: str, limit: int) -> Iterator[np.ndarray]:
-    """The first `limit` frames of a sample clip."""
-    cap = cv2.VideoCapture(str(assets.media_path(name)))
+    """The first `limit` frames of a sample clip (up to the first undecodable one)."""
+    source = video_source(name)
     try:
-        for _ in range(limit):
-            ok, frame = cap.read()
-            if not ok:
+        for _, frame in zip(range(limit), source):
+            if frame.image is None:
                 return
-            yield frame
+            yield frame.image
     finally:
-        cap.release()
+        source.close()
 
 
 def video_fps(name: str) -> float:
-    cap = cv2.VideoCapture(str(assets.media_path(name)))
-    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    cap.release()
-    return float(fps)
+    source = video_source(name)
+    source.close()
+    return float(source.native_fps)
 
 
 def group_photo(name: str = "group1") -> np.ndarray:

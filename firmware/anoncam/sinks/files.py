@@ -1,6 +1,7 @@
 """Atomic file writing: stills are written to a hidden temp name in the target folder and renamed;
 videos are written to STEM.part.EXT and renamed when complete. A crash leaves no half file under the
-final name (and what a .part holds is anonymized already)."""
+final name (and what a .part holds is anonymized already). ImageFileSink and VideoFileSink are the
+sinks of `anoncam anonymize`: one output file each."""
 from __future__ import annotations
 
 import os
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from ..types import FrameResult
 
 FOURCC_BY_EXT = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v",
                  ".webm": "VP80"}
@@ -68,3 +71,40 @@ class VideoFile:
     def abort(self) -> None:
         self.writer.release()
         self.part.unlink(missing_ok=True)
+
+
+class ImageFileSink:
+    """One still written to `path` (the format follows the extension); a dropped frame writes
+    nothing and `dropped` says why."""
+
+    def __init__(self, path: Path, quality: int = 92):
+        self.path, self.quality = Path(path), quality
+        self.dropped: str | None = None
+
+    def write(self, result: FrameResult) -> None:
+        if result.image is None:
+            self.dropped = result.reason or "dropped"
+            return
+        write_atomic(self.path, encode_image(result.image, self.path.suffix, self.quality))
+
+    def close(self) -> None:
+        pass
+
+
+class VideoFileSink:
+    """A video at the source's size and rate that keeps every frame's place: a dropped frame is
+    written as a frame filled with `fill` (the solid cover colour). close() renames it into place,
+    abort() removes it."""
+
+    def __init__(self, path: Path, fps: float, size: tuple[int, int], fill=(0, 0, 0)):
+        self.video = VideoFile(path, fps, size)
+        self.fill = np.full((size[1], size[0], 3), fill, np.uint8)
+
+    def write(self, result: FrameResult) -> None:
+        self.video.write(self.fill if result.image is None else result.image)
+
+    def close(self) -> Path:
+        return self.video.commit()
+
+    def abort(self) -> None:
+        self.video.abort()
