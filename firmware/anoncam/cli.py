@@ -11,11 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-from . import assets, logs, notify
+from . import assets, logs, notify, registry
 from .config import Config, ConfigError, load, override, schema_json
 
 log = logging.getLogger("anoncam")
-METHODS = ["blur", "pixelate", "solid", "generative"]
+METHODS = list(registry.names())
 
 
 def _config(args) -> Config:

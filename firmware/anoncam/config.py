@@ -8,7 +8,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-Method = Literal["blur", "pixelate", "solid", "generative"]
+from . import registry
+
+Method = Literal[registry.names()]  # blur, pixelate, solid, generative (anoncam/registry.py)
 
 
 class Strict(BaseModel):

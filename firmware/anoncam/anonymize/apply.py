@@ -6,6 +6,7 @@ import secrets
 import cv2
 import numpy as np
 
+from .. import registry
 from ..config import AnonymizeConfig
 from ..types import Face
 from . import methods
@@ -26,9 +27,9 @@ class Anonymizer:
     def method_fn(self, name: str):
         if name in self._ready:
             return self._ready[name]
-        fn = methods.METHODS.get(name)
-        if fn is None:
-            raise RuntimeError(f"anonymization method {name!r} is not available; use one of {sorted(methods.METHODS)}")
+        if name not in methods.METHODS:
+            raise RuntimeError(f"anonymization method {name!r} is not available; use one of {', '.join(methods.METHODS)}")
+        fn = methods.METHODS[name]
         prepare = getattr(fn, "prepare", None)
         if prepare is not None:
             # load and verify its model files now (AssetError names path and sha256)
@@ -40,7 +41,7 @@ class Anonymizer:
         """Cover one face in place."""
         method = face.method or self.cfg.method
         fn = self.method_fn(method)
-        scale = self.cfg.generative_mask_scale if method == "generative" else self.cfg.mask_scale
+        scale = getattr(self.cfg, registry.spec(method).mask_scale_field)
         poly = face_polygon(face.box, face.landmarks, scale)
         face_px = float(max(poly.max(0) - poly.min(0)))
         feather = self.cfg.feather * face_px

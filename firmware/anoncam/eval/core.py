@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .. import registry
 from ..anonymize import methods as method_registry
 from ..config import Config, override
 from ..detect import iou
@@ -31,7 +32,7 @@ from .metrics import Instruments, Reading, cosine, landmark_error
 log = logging.getLogger(__name__)
 
 BASELINE = "none"
-DEFAULT_METHODS = ("blur", "pixelate", "solid", "generative")
+DEFAULT_METHODS = registry.names()
 TILE = 160
 
 

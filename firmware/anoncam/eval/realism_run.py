@@ -13,7 +13,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .. import assets
+from .. import assets, registry
 from ..anonymize.masks import face_polygon
 from . import datasets
 from . import realism as R
@@ -68,7 +68,7 @@ def _cover(run, face: dict, track: int) -> tuple[np.ndarray, np.ndarray, float]:
     an = run.pipe.anonymizer
     anon = face["img"].copy()
     an.face(anon, _face(face["det"], face["lm"], track))
-    scale = an.cfg.generative_mask_scale if run.name == "generative" else an.cfg.mask_scale
+    scale = getattr(an.cfg, registry.spec(run.name).mask_scale_field)
     poly = face_polygon(face["det"].box, face["lm"], scale)
     return anon, poly, an.cfg.feather * float(max(poly.max(0) - poly.min(0)))
 

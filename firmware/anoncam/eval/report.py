@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .. import registry
 from ..anonymize import methods as method_registry
 from .core import BASELINE, TILE, Options, summarize_orl
 
@@ -22,7 +23,7 @@ SCATTER_NAME, SHEET_NAME = "privacy_utility.png", "contact_sheet.png"
 SHEET_WARNING = ("contact_sheet.png contains ORIGINAL faces from public research data (ORL, AT&T Laboratories "
                  "Cambridge; a face-api sample photo) beside their anonymized versions. It is written only to "
                  "this folder, for offline evaluation; the camera (`anoncam run`) never writes it.")
-NO_MODEL = ("blur", "pixelate", "solid", BASELINE)
+NO_MODEL = (*(n for n, m in registry.SPECS.items() if not m.models), BASELINE)
 # Issue 3's targets for the generative method: (key path, comparison, bound, text)
 TARGETS = [
     (("orl", "rank1_key_mean"), "<=", 0.05, "ORL rank-1 re-ID <= 5 % (chance 2.5 %; mean over identity keys)"),
