@@ -64,3 +64,16 @@ def test_opencv_url_source_reads_and_reconnects(media, tmp_path):
         server.shutdown()
     assert frames == [(300, 400, 3)] * 30
     assert src.reconnects >= 1
+
+
+def test_litert_quantization_follows_the_tensor_dtype():
+    """One (de)quantization rule for every LiteRT model: clip to the tensor's own integer range (a
+    uint8 input keeps 0..255; the YuNet TFLite adapter used to clip every dtype to -128..127)."""
+    from anoncam.backends.litert import from_output, to_input
+    x = np.array([-10.0, 0.0, 100.0, 200.0, 300.0], np.float32)
+    u8 = to_input(x, {"dtype": np.uint8, "quantization": (1.0, 0)})
+    assert u8.dtype == np.uint8 and u8.tolist() == [0, 0, 100, 200, 255]
+    i8 = to_input(x, {"dtype": np.int8, "quantization": (2.0, -10)})
+    assert i8.tolist() == [-15, -10, 40, 90, 127]
+    assert from_output(i8, {"quantization": (2.0, -10)}).tolist() == [-10.0, 0.0, 100.0, 200.0, 274.0]
+    assert to_input(x, {"dtype": np.float32, "quantization": (0.0, 0)}) is x

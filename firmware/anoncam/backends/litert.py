@@ -25,6 +25,24 @@ def _interpreter_api():
 EDGETPU_LIB = "libedgetpu.so.1"
 
 
+def to_input(x: np.ndarray, detail: dict) -> np.ndarray:
+    """A float array as the tensor `detail` takes it: quantized (clipped to its dtype) if it is integer."""
+    dtype = detail["dtype"]
+    scale, zero = detail["quantization"]
+    if dtype != np.float32 and scale:
+        info = np.iinfo(dtype)
+        x = np.clip(np.round(x / scale + zero), info.min, info.max)
+    return x.astype(dtype, copy=False)
+
+
+def from_output(y: np.ndarray, detail: dict) -> np.ndarray:
+    """An output tensor as float32 (dequantized if it is integer)."""
+    scale, zero = detail["quantization"]
+    if y.dtype != np.float32 and scale:
+        return (y.astype(np.float32) - zero) * scale
+    return y
+
+
 class LiteRTBackend:
     name = "litert"
 
@@ -49,17 +67,6 @@ class LiteRTBackend:
         self.input_shape = tuple(int(d) for d in self.inp["shape"])
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
-        scale, zero = self.inp["quantization"]
-        if self.inp["dtype"] != np.float32 and scale:
-            x = np.clip(np.round(x / scale + zero), np.iinfo(self.inp["dtype"]).min,
-                        np.iinfo(self.inp["dtype"]).max).astype(self.inp["dtype"])
-        self.interp.set_tensor(self.inp["index"], x.astype(self.inp["dtype"], copy=False))
+        self.interp.set_tensor(self.inp["index"], to_input(x, self.inp))
         self.interp.invoke()
-        outs = []
-        for d in self.outs:
-            y = self.interp.get_tensor(d["index"])
-            s, z = d["quantization"]
-            if d["dtype"] != np.float32 and s:
-                y = (y.astype(np.float32) - z) * s
-            outs.append(y)
-        return outs
+        return [from_output(self.interp.get_tensor(d["index"]), d) for d in self.outs]

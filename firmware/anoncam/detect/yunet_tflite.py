@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backends.litert import from_output, to_input
+
 
 class YuNetTFLite:
     """An onnx2tf YuNet TFLite (fixed NHWC input, outputs by signature name output_<ONNX index>) as an
@@ -29,17 +31,11 @@ class YuNetTFLite:
             raise ValueError(f"blob {h}x{w} larger than the model's fixed {self.h}x{self.w}")
         pad = np.zeros((1, self.h, self.w, 3), np.float32)
         pad[0, :h, :w] = x[0].transpose(1, 2, 0)
-        s, z = self.inp["quantization"]
-        if self.inp["dtype"] != np.float32 and s:
-            pad = np.clip(np.round(pad / s + z), -128, 127)
-        res = self.runner(input=pad.astype(self.inp["dtype"]))
+        res = self.runner(input=to_input(pad, self.inp))
         outs = []
         for i in range(12):
             k = f"output_{i}"
-            y = res[k]
-            s, z = self.outs[k]["quantization"]
-            if y.dtype != np.float32 and s:
-                y = (y.astype(np.float32) - z) * s
+            y = from_output(res[k], self.outs[k])
             stride = (8, 16, 32)[i % 3]
             gh, gw = self.h // stride, self.w // stride
             y = y.reshape(gh, gw, -1)[: h // stride, : w // stride].reshape(1, -1, y.shape[-1])
