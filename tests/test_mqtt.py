@@ -297,6 +297,9 @@ def test_every_topic_payload_and_discovery(media, tmp_path, cli_env, broker):
         assert c["availability_topic"] == f"{BASE}/available"
         assert c["payload_available"] == "online" and c["payload_not_available"] == "offline"
         assert c["device"]["identifiers"] == [node]
+        # the entity id for Home Assistant 2025.10+ and for older releases, and where the config comes from
+        assert c["default_entity_id"] == f"{topic.split('/')[1]}.{c['object_id']}" == f"{topic.split('/')[1]}.{node}_{obj}"
+        assert c["origin"]["name"] == "anoncam" and c["origin"]["sw_version"]
         for key in ("topic", "state_topic"):
             if key in c:
                 assert c[key] in published, f"{topic}: {key} {c[key]} is never published"
@@ -305,6 +308,7 @@ def test_every_topic_payload_and_discovery(media, tmp_path, cli_env, broker):
     assert disc[f"homeassistant/camera/anoncam_{CAM}/snapshot/config"]["topic"] == f"{BASE}/snapshot"
     assert disc[f"homeassistant/switch/anoncam_{CAM}/enabled/config"]["command_topic"] == f"{BASE}/enabled/set"
     assert disc[f"homeassistant/binary_sensor/anoncam_{CAM}/face/config"]["state_topic"] == f"{BASE}/faces"
+    assert disc[f"homeassistant/binary_sensor/anoncam_{CAM}/face/config"]["device_class"] == "occupancy"
     assert set(disc[f"homeassistant/select/anoncam_{CAM}/method/config"]["options"]) == \
         {m for m in ("blur", "pixelate", "solid", "generative") if m in METHODS}
     retained = Sub(broker.port, topics=("homeassistant/#",))

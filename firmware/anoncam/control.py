@@ -15,9 +15,9 @@ import queue
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import get_args
 
-from .config import Config, Method
+from . import registry
+from .config import Config
 from .sinks.files import write_atomic
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,8 @@ class Change:
 
 
 def available_methods() -> list[str]:
-    """The configurable methods the registry (anonymize/methods.py) has, in the config's order."""
-    from .anonymize.methods import METHODS  # here, not at import: the MQTT code imports this module
-    return [m for m in get_args(Method) if m in METHODS]
+    """The methods of the one registry (anoncam/registry.py; reading names imports no method)."""
+    return list(registry.names())
 
 
 def use_method(pipeline, name: str) -> None:
