@@ -152,7 +152,7 @@ def capacity(clip, out, host, port, seconds: float) -> None:
         sink = runner.sinks[-1]
         frames = []
         for f in runner.source:  # real frames, anonymized by the real pipeline
-            frames.append(runner.pipeline.process(f.image, f.index, f.timestamp))
+            frames.append(runner.loop.anonymize(f))
             if len(frames) == 50:
                 break
         t0 = time.time()
