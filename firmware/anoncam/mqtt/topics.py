@@ -3,8 +3,8 @@
 <prefix>/<camera>/available        online | offline (retained, last will)
 <prefix>/<camera>/events           JSON: track appear | update | end, error
 <prefix>/<camera>/snapshot         anonymized JPEG
-<prefix>/<camera>/stats            JSON every mqtt.stats_every_s
-<prefix>/<camera>/faces            faces in view (retained, on change)
+<prefix>/<camera>/stats            JSON every mqtt.stats_every_s and after every connection
+<prefix>/<camera>/faces            faces in view (retained, on change; 0 on pause and stop)
 <prefix>/<camera>/<setting>/set    command; answered on <prefix>/<camera>/<setting>/state (retained)
 """
 from __future__ import annotations
