@@ -157,7 +157,7 @@ class Pipeline:
             else:
                 tr.landmarks = None
             faces.append(Face(track_id=tr.id, box=tr.cover_box(cfg.track.coast_grow), detected=tr.seen,
-                              landmarks=tr.landmarks if tr.misses == 0 else None, kps=tr.kps, score=tr.score))
+                              landmarks=tr.landmarks if tr.misses == 0 else None))
         timings["landmarks"] = (time.perf_counter() - t) * 1000
         return faces
 

@@ -26,7 +26,6 @@ class Track:
     landmarks: np.ndarray | None = None
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(4, np.float32))
     misses: int = 0          # frames in a row in which neither the detector nor FaceMesh saw it
-    age: int = 0             # frames since creation
     seen: bool = True        # seen in the current frame (detector or mesh)
     detection: Detection | None = None  # the detection matched in the current frame
 
@@ -56,7 +55,6 @@ class Tracker:
             if t.misses:
                 t.velocity = (t.velocity * 0.85).astype(np.float32)  # a lost face slows down
             t.box = (t.box + t.velocity).astype(np.float32)
-            t.age += 1
             t.seen = False
             t.detection = None
 

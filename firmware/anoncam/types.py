@@ -25,9 +25,7 @@ class Face:
     box: np.ndarray
     detected: bool                     # the detector (or mesh) saw it in this frame
     landmarks: np.ndarray | None = None  # 468x2 FaceMesh points in frame pixels
-    kps: np.ndarray | None = None
     method: str | None = None          # set by the decision step; None = leave visible (consent)
-    score: float = 0.0
 
 
 @dataclass

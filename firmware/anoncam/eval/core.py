@@ -78,7 +78,7 @@ def open_method(name: str, cfg: Config) -> tuple[Pipeline | None, str]:
 
 def _face(det: Detection, landmarks: np.ndarray | None, track_id: int) -> Face:
     return Face(track_id=track_id, box=det.box.copy(), detected=True,
-                landmarks=None if landmarks is None else landmarks.copy(), kps=det.kps.copy(), score=det.score)
+                landmarks=None if landmarks is None else landmarks.copy())
 
 
 def tile(img: np.ndarray, box: np.ndarray, size: int = TILE, grow: float = 1.5) -> np.ndarray:

@@ -37,7 +37,6 @@ class DiskSink:
         self.sidecar: list[dict] = []
         self._frames_in_segment = 0
         self._last_still_frame: int | None = None
-        self.files_written = 0
         self.files_deleted = 0
 
     # frames ---------------------------------------------------------------------------------
@@ -63,7 +62,6 @@ class DiskSink:
                 path = self.stills_dir / f"{self.camera}_{_stamp(result.timestamp)}_{result.index:08d}.jpg"
                 write_atomic(path, encode_image(img, ".jpg", self.cfg.stills.quality))
                 self._last_still_frame = result.index
-                self.files_written += 1
                 self.enforce_retention()
         if self.cfg.video.enabled:
             if self.video is None:
@@ -86,7 +84,6 @@ class DiskSink:
         if self.sidecar:
             write_atomic(path.with_suffix(".json"), json.dumps(self.sidecar).encode())
         self.video = None
-        self.files_written += 1
         log.info("segment written: %s (%d frames)", path.name, self._frames_in_segment)
         self.enforce_retention()
 
