@@ -7,12 +7,10 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-
-from anoncam import assets
+from anoncam import assets, attributes
 from anoncam.backends import open_model
 from anoncam.detect.facemesh import FaceMesh
 from anoncam.detect.yunet import YuNet
-from anoncam import attributes
 
 HERE = Path(__file__).resolve().parent
 

@@ -26,11 +26,10 @@ from torch import nn
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import HERE, Landmarker  # noqa: E402
-
 from anoncam import assets  # noqa: E402
 from anoncam.anonymize import facegen as fg  # noqa: E402
 from anoncam.anonymize.generative import IdentityBank  # noqa: E402
+from common import HERE, Landmarker  # noqa: E402
 
 CLIPS = ("franck", "cap12", "cap13")
 
