@@ -24,13 +24,14 @@ RUN_ARGS ?= --max-frames 1500
 run: fetch
 	$(BIN)/anoncam run --output out $(RUN_ARGS)
 
-# The tests start their own mosquitto, check systemd units and fetch media with npm: say in one line
-# what is missing instead of failing test by test.
+# The tests start their own mosquitto, check systemd units, open sidecars with age and fetch media with
+# npm: say in one line what is missing instead of failing test by test.
 test-deps:
 	@missing=""; \
 	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	command -v age >/dev/null 2>&1 || missing="$$missing age"; \
 	python3 -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then echo "make test needs:$$missing (Debian: sudo apt-get install$$missing)"; exit 1; fi
 

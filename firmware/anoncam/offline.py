@@ -67,8 +67,10 @@ def plan(inputs: list[Path], output: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def anonymize_image(pipe: Pipeline, src: Path, dst: Path, stats: Stats, quality: int = 92) -> None:
-    out = ImageFileSink(dst, quality)
+def anonymize_image(pipe: Pipeline, src: Path, dst: Path, stats: Stats, quality: int = 92,
+                    recipient=None) -> None:
+    """`recipient`: the owner's public key; DST.age then holds the sealed original faces."""
+    out = ImageFileSink(dst, quality, recipient)
     # an unreadable file is an error for this file (read_image raises), not a dropped frame
     FrameLoop(pipe, [out], live=False, still=True, stats=stats).run(still(src))
     if out.dropped is not None:
@@ -76,12 +78,13 @@ def anonymize_image(pipe: Pipeline, src: Path, dst: Path, stats: Stats, quality:
 
 
 def anonymize_video(pipe: Pipeline, src: Path, dst: Path, stats: Stats, progress: bool = True,
-                    read_ahead: bool = False) -> None:
+                    read_ahead: bool = False, recipient=None) -> None:
     """`read_ahead`: decode and detect in a second thread, a few frames ahead."""
     # with read-ahead both cores are busy already: one decoder thread costs less CPU than FFmpeg's pool
     source = VideoFileSource(src, threads=1 if read_ahead else None)
     try:
-        out = VideoFileSink(dst, source.native_fps, source.size, pipe.cfg.anonymize.solid_color)
+        out = VideoFileSink(dst, source.native_fps, source.size, pipe.cfg.anonymize.solid_color, recipient,
+                            pipe.cfg.privacy.video_crf)
         loop = FrameLoop(pipe, [out], live=False, read_ahead=read_ahead, stats=stats)
         bar = tqdm(total=source.frame_count or None, desc=src.name, unit="f", disable=not progress, leave=False)
         loop.on_frame.append(lambda result, stats: bar.update())
@@ -98,15 +101,15 @@ def anonymize_video(pipe: Pipeline, src: Path, dst: Path, stats: Stats, progress
 
 
 def anonymize_paths(pipe: Pipeline, inputs: list[Path], output: Path, progress: bool = True,
-                    read_ahead: bool = False) -> Report:
+                    read_ahead: bool = False, recipient=None) -> Report:
     report = Report()
     pairs = plan(inputs, output)
     for src, dst in tqdm(pairs, desc="files", unit="file", disable=not progress or len(pairs) < 2):
         try:
             if kind_of(src) == "image":
-                anonymize_image(pipe, src, dst, report.stats)
+                anonymize_image(pipe, src, dst, report.stats, recipient=recipient)
             else:
-                anonymize_video(pipe, src, dst, report.stats, progress, read_ahead)
+                anonymize_video(pipe, src, dst, report.stats, progress, read_ahead, recipient)
             report.written.append(dst)
         except (OSError, ValueError, SourceError) as e:
             log.error("%s", e)

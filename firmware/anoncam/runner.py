@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 
+from . import seal
 from .capture import open_source
 from .config import Config
 from .control import Control
@@ -39,10 +40,12 @@ def no_core_dumps() -> None:
 class Runner:
     def __init__(self, cfg: Config, pipeline: Pipeline | None = None, sinks: list[Sink] | None = None):
         self.cfg = cfg
-        self.pipeline = pipeline or Pipeline.from_config(cfg)
+        # an owner public key: every anonymized face's original region is sealed beside the media
+        self.recipient = seal.owner_recipient(cfg)
+        self.pipeline = pipeline or Pipeline.from_config(cfg, seal.policy_for(cfg) if self.recipient else None)
         self.source = open_source(cfg.camera)
-        self.sinks: list[Sink] = sinks if sinks is not None else [DiskSink(cfg.output, cfg.camera.name,
-                                                                            self.source.fps)]
+        self.sinks: list[Sink] = sinks if sinks is not None else [DiskSink(
+            cfg.output, cfg.camera.name, self.source.fps, self.recipient, cfg.privacy.video_crf)]
         # the live budget applies; a failing sink is logged and counted, the camera goes on
         self.loop = FrameLoop(self.pipeline, self.sinks, keep_going=True)
         self.stats = self.loop.stats

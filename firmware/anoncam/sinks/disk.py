@@ -1,11 +1,12 @@
 """Disk sink: anonymized JPEG stills and video segments, atomic writes, size/age/free-space retention.
 
 Layout: <dir>/<camera>/stills/<camera>_<UTC time>_<frame>.jpg
-        <dir>/<camera>/video/<camera>_<UTC time>.mp4   (+ .json sidecar when a frame carries one)
+        <dir>/<camera>/video/<camera>_<UTC time>.mp4
+With an owner key each still and segment has a sealed sidecar NAME.age (anoncam/seal.py), written
+atomically after its media and deleted with it by retention.
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from ..config import OutputConfig
 from ..types import FrameResult
-from .files import VideoFile, encode_image, write_atomic
+from .files import VideoFile, encode_image, write_atomic, write_both
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +24,9 @@ def _stamp(ts: float) -> str:
 
 
 class DiskSink:
-    def __init__(self, cfg: OutputConfig, camera: str, fps: float):
+    def __init__(self, cfg: OutputConfig, camera: str, fps: float, recipient=None, crf: int = 16):
         self.cfg, self.camera, self.fps = cfg, camera, fps
+        self.recipient, self.crf = recipient, crf  # owner public key: seal the faces beside the media
         self.root = Path(cfg.dir) / camera
         self.stills_dir, self.video_dir = self.root / "stills", self.root / "video"
         for d in (self.stills_dir, self.video_dir):
@@ -34,7 +36,7 @@ class DiskSink:
             for stale in d.glob(".*.tmp"):
                 stale.unlink(missing_ok=True)
         self.video: VideoFile | None = None
-        self.sidecar: list[dict] = []
+        self.seal = None  # the open segment's VideoSeal
         self._frames_in_segment = 0
         self._last_still_frame: int | None = None
         self.files_deleted = 0
@@ -60,7 +62,13 @@ class DiskSink:
             every = max(1, round(self.cfg.stills.every_s * self.fps))
             if self._last_still_frame is None or result.index - self._last_still_frame >= every:
                 path = self.stills_dir / f"{self.camera}_{_stamp(result.timestamp)}_{result.index:08d}.jpg"
-                write_atomic(path, encode_image(img, ".jpg", self.cfg.stills.quality))
+                data = encode_image(img, ".jpg", self.cfg.stills.quality)
+                if self.recipient is None:
+                    write_atomic(path, data)
+                else:
+                    from ..seal import seal_still, sidecar_path
+                    sealed = seal_still(result.sidecar.get("seal"), data, path.name, img.shape, self.recipient)
+                    write_both(path, data, sidecar_path(path), sealed)
                 self._last_still_frame = result.index
                 self.enforce_retention()
         if self.cfg.video.enabled:
@@ -69,10 +77,12 @@ class DiskSink:
                 self.video = VideoFile(self.video_dir / name, self.fps, (img.shape[1], img.shape[0]),
                                        self.cfg.video.fourcc)
                 self._frames_in_segment = 0
-                self.sidecar = []
+                if self.recipient is not None:
+                    from ..seal import VideoSeal
+                    self.seal = VideoSeal(self.fps, self.video.size, self.crf)
             self.video.write(img)
-            if result.sidecar:
-                self.sidecar.append({"frame": self._frames_in_segment, **result.sidecar})
+            if self.seal is not None:
+                self.seal.add(result.sidecar.get("seal"))
             self._frames_in_segment += 1
             if self._frames_in_segment >= round(self.cfg.video.segment_s * self.fps):
                 self._close_segment()
@@ -81,9 +91,13 @@ class DiskSink:
         if self.video is None:
             return
         path = self.video.commit()
-        if self.sidecar:
-            write_atomic(path.with_suffix(".json"), json.dumps(self.sidecar).encode())
-        self.video = None
+        self.video, seal, self.seal = None, self.seal, None
+        if seal is not None:
+            from ..seal import encrypt, sidecar_path
+            try:
+                write_atomic(sidecar_path(path), encrypt(seal.finish(path), self.recipient))
+            except Exception as e:  # the anonymized segment stays; its faces cannot be restored
+                log.error("sealing %s failed: %s: %s", path.name, type(e).__name__, e)
         log.info("segment written: %s (%d frames)", path.name, self._frames_in_segment)
         self.enforce_retention()
 
@@ -92,12 +106,18 @@ class DiskSink:
 
     # retention ------------------------------------------------------------------------------
     def _outputs(self) -> list[tuple[float, int, Path]]:
+        """(mtime, bytes, media) oldest first; a sealed sidecar counts with its media (alone if orphaned)."""
         files = []
         for d in (self.stills_dir, self.video_dir):
             for p in d.iterdir():
-                if p.is_file() and ".part." not in p.name and not p.name.startswith("."):
-                    st = p.stat()
-                    files.append((st.st_mtime, st.st_size, p))
+                if not p.is_file() or ".part." in p.name or p.name.startswith("."):
+                    continue
+                if p.suffix == ".age" and p.with_suffix("").exists():
+                    continue
+                st = p.stat()
+                side = p.with_name(p.name + ".age")
+                extra = side.stat().st_size if p.suffix != ".age" and side.exists() else 0
+                files.append((st.st_mtime, st.st_size + extra, p))
         return sorted(files)
 
     def enforce_retention(self) -> None:
@@ -113,8 +133,7 @@ class DiskSink:
                 break
             why = "size cap" if total > r.max_bytes else ("age" if too_old else "free space")
             path.unlink(missing_ok=True)
-            if path.suffix != ".json":
-                path.with_suffix(".json").unlink(missing_ok=True)
+            path.with_name(path.name + ".age").unlink(missing_ok=True)
             total -= size
             self.files_deleted += 1
             log.info("retention (%s): deleted %s", why, path.name)

@@ -41,6 +41,16 @@ def write_atomic(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def write_both(path: Path, data: bytes, sidecar: Path, sealed: bytes) -> None:
+    """Media and its sealed sidecar, each atomically; a failure leaves neither."""
+    write_atomic(path, data)
+    try:
+        write_atomic(sidecar, sealed)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
 class VideoFile:
     """A video written to STEM.part.EXT (the container follows the extension) and renamed to PATH by commit(); abort() removes it."""
 
@@ -75,17 +85,23 @@ class VideoFile:
 
 class ImageFileSink:
     """One still written to `path` (the format follows the extension); a dropped frame writes
-    nothing and `dropped` says why."""
+    nothing and `dropped` says why. With an owner `recipient`, PATH.age holds its sealed faces."""
 
-    def __init__(self, path: Path, quality: int = 92):
-        self.path, self.quality = Path(path), quality
+    def __init__(self, path: Path, quality: int = 92, recipient=None):
+        self.path, self.quality, self.recipient = Path(path), quality, recipient
         self.dropped: str | None = None
 
     def write(self, result: FrameResult) -> None:
         if result.image is None:
             self.dropped = result.reason or "dropped"
             return
-        write_atomic(self.path, encode_image(result.image, self.path.suffix, self.quality))
+        data = encode_image(result.image, self.path.suffix, self.quality)
+        if self.recipient is None:
+            write_atomic(self.path, data)
+            return
+        from ..seal import seal_still, sidecar_path
+        sealed = seal_still(result.sidecar.get("seal"), data, self.path.name, result.image.shape, self.recipient)
+        write_both(self.path, data, sidecar_path(self.path), sealed)
 
     def close(self) -> None:
         pass
@@ -96,15 +112,32 @@ class VideoFileSink:
     written as a frame filled with `fill` (the solid cover colour). close() renames it into place,
     abort() removes it."""
 
-    def __init__(self, path: Path, fps: float, size: tuple[int, int], fill=(0, 0, 0)):
+    def __init__(self, path: Path, fps: float, size: tuple[int, int], fill=(0, 0, 0), recipient=None, crf: int = 16):
         self.video = VideoFile(path, fps, size)
         self.fill = np.full((size[1], size[0], 3), fill, np.uint8)
+        self.recipient, self.seal = recipient, None
+        if recipient is not None:
+            from ..seal import VideoSeal
+            self.seal = VideoSeal(fps, size, crf)
 
     def write(self, result: FrameResult) -> None:
         self.video.write(self.fill if result.image is None else result.image)
+        if self.seal is not None:
+            self.seal.add(None if result.image is None else result.sidecar.get("seal"))
 
     def close(self) -> Path:
-        return self.video.commit()
+        if self.seal is None:
+            return self.video.commit()
+        from ..seal import encrypt, sidecar_path
+        path = self.video.commit()
+        try:
+            write_atomic(sidecar_path(path), encrypt(self.seal.finish(path), self.recipient))
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return path
 
     def abort(self) -> None:
         self.video.abort()
+        if self.seal is not None:
+            self.seal.abort()

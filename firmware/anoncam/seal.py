@@ -1,0 +1,292 @@
+"""Sealing: the original pixels of each anonymized face, encrypted to the owner's public key.
+
+In the frame loop `SealPolicy.decide` copies, before anonymizing, the region each face's cover
+will touch (the Anonymizer's own ROI; pixels of privacy zones are left out) into `FrameResult.sidecar
+["seal"]` (memory only). A sink then seals them beside its media as MEDIA.age, an age file to the
+owner's X25519 recipient (a fresh file key per file, made by age):
+  stills: every region as PNG (lossless);
+  video:  one face-only stream per segment (the regions pasted on black, H.264 4:4:4 at
+          `privacy.video_crf`, encoded in memory by a worker thread with PyAV, never a file).
+Inside (the payload): MAGIC, a JSON header (the media's name and sha256, frame size, frames, per-face
+frame/track/ROI/blob refs) and the blobs, padded to a size bucket. In the clear: age's header and the
+padded size, nothing else (no boxes, no count of faces).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import queue
+import struct
+import threading
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyrage
+
+from . import registry
+from .anonymize.masks import face_polygon, roi_for
+from .config import AnonymizeConfig, Config
+from .policy import AnonymizeAll
+from .types import Face
+
+MAGIC = b"ANONCAM-SEAL\x01"
+SUFFIX = ".age"
+MIN_BUCKET = 4096
+
+
+class SealError(ValueError):
+    """A sidecar is missing, damaged, truncated, for other media, or sealed to another key."""
+
+
+class WrongKey(SealError):
+    pass
+
+
+def sidecar_path(media: Path) -> Path:
+    return Path(media).with_name(Path(media).name + SUFFIX)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Crops:
+    """One frame's original face regions: [(track_id, (x0, y0, x1, y1), pixels, mask or None)].
+    Memory only; its repr shows no pixels."""
+    __slots__ = ("items",)
+
+    def __init__(self, items: list):
+        self.items = items
+
+    def __repr__(self) -> str:
+        return f"<Crops: {len(self.items)} region(s), memory only>"
+
+
+class SealPolicy:
+    """Wraps a policy: after it decides, copy the region each anonymized face will cover."""
+
+    def __init__(self, inner, cfg: AnonymizeConfig):
+        self.inner, self.cfg = inner, cfg
+
+    @property
+    def method(self) -> str:  # Control switches the inner policy's method
+        return self.inner.method
+
+    @method.setter
+    def method(self, name: str) -> None:
+        self.inner.method = name
+
+    def decide(self, frame: np.ndarray, faces: list[Face], sidecar: dict) -> None:
+        self.inner.decide(frame, faces, sidecar)
+        items = []
+        for f in faces:
+            if f.method is None:
+                continue
+            roi = face_roi(self.cfg, f, frame.shape)
+            if roi is not None:
+                x0, y0, x1, y1 = roi
+                items.append((f.track_id, roi, frame[y0:y1, x0:x1].copy(), zone_free(self.cfg, roi, frame.shape)))
+        sidecar["seal"] = Crops(items)
+
+
+def owner_recipient(cfg: Config):
+    """The owner's public key of `privacy.owner_public_key` (None: no sealing); a private key is refused."""
+    from .keys import recipient
+    v = cfg.privacy.owner_public_key
+    return None if v is None else recipient(v)
+
+
+def policy_for(cfg: Config) -> SealPolicy:
+    return SealPolicy(AnonymizeAll(cfg.anonymize.method), cfg.anonymize)
+
+
+def face_roi(cfg: AnonymizeConfig, f: Face, shape) -> tuple[int, int, int, int] | None:
+    """The rectangle Anonymizer.face reads and writes for this face."""
+    scale = getattr(cfg, registry.spec(f.method or cfg.method).mask_scale_field)
+    poly = face_polygon(f.box, f.landmarks, scale)
+    face_px = float(max(poly.max(0) - poly.min(0)))
+    return roi_for(poly, cfg.feather * face_px + 2, shape)
+
+
+def zone_free(cfg: AnonymizeConfig, roi, shape) -> np.ndarray | None:
+    """Mask (1 = restore) of the ROI without privacy-zone pixels; None when no zone touches it."""
+    if not cfg.privacy_zones:
+        return None
+    h, w = shape[:2]
+    x0, y0, x1, y1 = roi
+    zones = []
+    for poly in cfg.privacy_zones:
+        p = np.array(poly, np.float32)
+        if p.max() <= 1.0:
+            p = p * [w, h]
+        zones.append(np.round(p - [x0, y0]).astype(np.int32))
+    m = np.ones((y1 - y0, x1 - x0), np.uint8)
+    cv2.fillPoly(m, zones, 0)
+    return None if m.all() else m
+
+
+# payload -------------------------------------------------------------------------------------------
+def pack(header: dict, blobs: list[bytes]) -> bytes:
+    refs, off = [], 0
+    for b in blobs:
+        refs.append([off, len(b)])
+        off += len(b)
+    header = {**header, "blobs": refs}
+    h = json.dumps(header, separators=(",", ":")).encode()
+    body = MAGIC + struct.pack(">I", len(h)) + h + b"".join(blobs)
+    return body + bytes(bucket(len(body)) - len(body))
+
+
+def bucket(n: int) -> int:
+    """Sizes grow in steps of 1.25x from 4 KiB: the sealed size shows only the order of magnitude."""
+    size = MIN_BUCKET
+    while size < n:
+        size = int(size * 1.25) + 1
+    return size
+
+
+def unpack(payload: bytes, where: str) -> tuple[dict, list[bytes]]:
+    try:
+        if not payload.startswith(MAGIC):
+            raise ValueError("not an anoncam sidecar")
+        n = struct.unpack(">I", payload[len(MAGIC):len(MAGIC) + 4])[0]
+        start = len(MAGIC) + 4
+        header = json.loads(payload[start:start + n])
+        base = start + n
+        blobs = [payload[base + o: base + o + ln] for o, ln in header["blobs"]]
+        if any(len(b) != ln for b, (_, ln) in zip(blobs, header["blobs"])):
+            raise ValueError("truncated")
+        return header, blobs
+    except (ValueError, KeyError, TypeError, struct.error) as e:
+        raise SealError(f"{where}: damaged sidecar ({e})") from None
+
+
+def encrypt(payload: bytes, recipient) -> bytes:
+    return pyrage.encrypt(payload, [recipient])
+
+
+def open_sidecar(media: Path, identity) -> tuple[dict, list[bytes]]:
+    """Decrypt and check MEDIA.age against MEDIA (its sha256 is inside)."""
+    path = sidecar_path(media)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise SealError(f"{path}: no sidecar ({e.strerror})") from None
+    try:
+        payload = pyrage.decrypt(data, [identity])
+    except pyrage.DecryptError as e:
+        if "no matching keys" in str(e).lower():
+            raise WrongKey(f"{path}: sealed to another owner key") from None
+        raise SealError(f"{path}: damaged or truncated ({e})") from None
+    header, blobs = unpack(payload, str(path))
+    if header.get("media_sha256") != file_sha256(media):
+        raise SealError(f"{path}: does not belong to {Path(media).name} (sealed for "
+                        f"{header.get('media_name')!r}; swapped or the media was changed)")
+    return header, blobs
+
+
+# stills --------------------------------------------------------------------------------------------
+def seal_still(crops: Crops | None, media: bytes, name: str, shape, recipient) -> bytes:
+    """The sealed sidecar of one still whose encoded bytes are `media`."""
+    faces, blobs = [], []
+    for track, roi, pixels, mask in (crops.items if crops is not None else []):
+        faces.append({"frame": 0, "track": int(track), "roi": [int(v) for v in roi], "pixels": len(blobs),
+                      "mask": None if mask is None else len(blobs) + 1})
+        blobs.append(cv2.imencode(".png", pixels)[1].tobytes())
+        if mask is not None:
+            blobs.append(np.packbits(mask).tobytes())
+    header = {"v": 1, "kind": "still", "media_name": name, "media_sha256": hashlib.sha256(media).hexdigest(),
+              "size": [int(shape[1]), int(shape[0])], "frames": 1, "faces": faces}
+    return encrypt(pack(header, blobs), recipient)
+
+
+# video ---------------------------------------------------------------------------------------------
+class VideoSeal:
+    """The face-only stream of one video segment, encoded in memory by a worker thread."""
+
+    def __init__(self, fps: float, size: tuple[int, int], crf: int = 16):
+        import av  # only needed when video is sealed
+        self.size, self.fps, self.crf = size, fps, crf
+        self.faces: list[dict] = []
+        self.masks: list[bytes] = []
+        self.stream_frames: list[int] = []  # segment frame number of each stream frame
+        self.frames = 0
+        self.buf = io.BytesIO()
+        self.out = av.open(self.buf, "w", format="matroska")
+        w, h = size[0] + size[0] % 2, size[1] + size[1] % 2
+        self.stream = self.out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        self.stream.width, self.stream.height, self.stream.pix_fmt = w, h, "yuv444p"
+        self.stream.options = {"crf": str(crf), "preset": "veryfast"}
+        self.stream.thread_count = 1
+        self.canvas = (h, w)
+        self.q: queue.Queue = queue.Queue(8)
+        self.error: BaseException | None = None
+        self.worker = threading.Thread(target=self._run, name="seal-video", daemon=True)
+        self.worker.start()
+
+    def add(self, crops: Crops | None) -> None:
+        """The next frame of the segment (None or no regions: nothing to seal in it)."""
+        n = self.frames
+        self.frames += 1
+        if crops is None or not crops.items:
+            return
+        if self.error is not None:
+            raise RuntimeError(f"sealing failed: {self.error}")
+        for track, roi, _, mask in crops.items:
+            self.faces.append({"frame": n, "track": int(track), "roi": [int(v) for v in roi],
+                               "mask": None if mask is None else len(self.masks)})
+            if mask is not None:
+                self.masks.append(np.packbits(mask).tobytes())
+        self.stream_frames.append(n)
+        self.q.put(crops.items)
+
+    def _run(self) -> None:
+        import av
+        while True:
+            items = self.q.get()
+            if items is None:
+                return
+            if self.error is not None:
+                continue
+            try:
+                img = np.zeros((*self.canvas, 3), np.uint8)
+                for _, (x0, y0, x1, y1), pixels, _ in items:
+                    img[y0:y1, x0:x1] = pixels
+                for pk in self.stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+                    self.out.mux(pk)
+            except BaseException as e:  # reported to the frame loop's thread by add/finish
+                self.error = e
+
+    def finish(self, media: Path) -> bytes:
+        """Flush and return the payload (not yet encrypted) bound to the written `media` file."""
+        self.q.put(None)
+        self.worker.join()
+        if self.error is not None:
+            raise RuntimeError(f"sealing failed: {self.error}")
+        for pk in self.stream.encode():
+            self.out.mux(pk)
+        self.out.close()
+        stream = self.buf.getvalue() if self.stream_frames else b""
+        self.buf = io.BytesIO()
+        header = {"v": 1, "kind": "video", "media_name": Path(media).name, "media_sha256": file_sha256(media),
+                  "size": list(self.size), "fps": self.fps, "frames": self.frames, "crf": self.crf,
+                  "codec": "h264 yuv444p matroska", "stream_frames": self.stream_frames, "faces": self.faces,
+                  "stream": 0, "masks": list(range(1, 1 + len(self.masks)))}
+        return pack(header, [stream, *self.masks])
+
+    def abort(self) -> None:
+        self.error = self.error or RuntimeError("aborted")
+        self.q.put(None)
+        self.worker.join()
+        try:
+            self.out.close()
+        except Exception:
+            pass
+        self.buf = io.BytesIO()
