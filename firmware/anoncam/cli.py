@@ -63,6 +63,9 @@ def cmd_anonymize(args) -> int:
     recipient = seal.owner_recipient(cfg)  # an owner key: the original faces are sealed beside each file
     try:
         pipe = Pipeline.from_config(cfg, seal.policy_for(cfg) if recipient else None)
+        if args.identity_key:
+            from .keys import identity_key
+            pipe.anonymizer.key = identity_key(Path(args.identity_key).read_bytes())
         settle()
         report = anonymize_paths(pipe, [Path(p) for p in args.inputs], Path(args.output),
                                  progress=not args.quiet and sys.stderr.isatty(), read_ahead=threads >= 2,
@@ -114,13 +117,33 @@ def cmd_reveal(args) -> int:
                 print(f"anoncam: {e}", file=sys.stderr)
                 failed += 1
                 continue
-            print(f"anoncam: {e}; --decoy is not implemented yet, nothing written", file=sys.stderr)
-            failed += 1
+            try:
+                _decoy(src, dst, identity)
+                print(f"anoncam: {src}: decoy faces written to {dst}", file=sys.stderr)
+            except (OSError, ValueError) as e2:
+                print(f"anoncam: {src}: decoy failed: {e2}", file=sys.stderr)
+                failed += 1
         except (SealError, OSError) as e:
             print(f"anoncam: {e}", file=sys.stderr)
             failed += 1
     print(f"revealed {len(pairs) - failed} file(s) ({faces} face regions), failed {failed}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _decoy(src: Path, dst: Path, identity) -> None:
+    """A wrong key with --decoy: the stored faces re-rendered as synthetic people derived from that key
+    (the generative method keyed by it), never the original."""
+    from .keys import identity_key
+    from .offline import anonymize_image, anonymize_video, kind_of
+    from .pipeline import Pipeline
+    from .stats import Stats
+    cfg = override(load(None), **{"anonymize.method": "generative", "runtime.threads": 1})
+    pipe = Pipeline.from_config(cfg)
+    pipe.anonymizer.key = identity_key(b"decoy:" + str(identity).encode())
+    if kind_of(src) == "image":
+        anonymize_image(pipe, src, dst, Stats())
+    else:
+        anonymize_video(pipe, src, dst, Stats(), progress=False)
 
 
 def _reveal_plan(inputs: list[Path], output: Path) -> list[tuple[Path, Path]]:
@@ -267,6 +290,8 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--threads", type=int, help="override runtime.threads; with 2 or more, videos run in two "
                    "stages (decode + detect ahead of the rest), each with half the threads")
     a.add_argument("--stats", help="write frame counts and per-stage ms (p50/p95) as JSON to this file")
+    a.add_argument("--identity-key", metavar="FILE", help="generative: synthetic identities from this key "
+                   "file, so the output is a function of (input, key); default a fresh random key per run")
     a.add_argument("--owner-key", metavar="PUBFILE", help="owner public key (age1... or OWNER_KEY.pub): seal "
                    "the original faces to it in OUTPUT.age beside each file")
     a.set_defaults(fn=cmd_anonymize)

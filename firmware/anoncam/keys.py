@@ -8,6 +8,7 @@ ANONCAM_OWNER_PASSPHRASE or a prompt; never from the command line.
 from __future__ import annotations
 
 import getpass
+import hashlib
 import os
 from pathlib import Path
 
@@ -120,3 +121,10 @@ def recipient(value: str | Path):
         return pyrage.x25519.Recipient.from_str(lines[0] if len(lines) == 1 else "")
     except pyrage.RecipientError:
         raise OwnerKeyError(f"{where}: not an age X25519 public key (age1...)") from None
+
+
+def identity_key(data: bytes) -> bytes:
+    """The 32-byte key of the generative method's synthetic identities, from a key file's bytes."""
+    if not data:
+        raise OwnerKeyError("the identity key file is empty")
+    return hashlib.sha256(b"anoncam identity key v1\0" + data).digest()
