@@ -106,3 +106,18 @@ def test_under_a_real_process_environment(creds):
     code = "from anoncam.secrets import read_secret; print(len(read_secret(credential='mqtt_password')))"
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
     assert p.returncode == 0 and p.stdout.strip() == str(len(SECRET)), p.stderr
+
+
+def test_mqtt_password_from_the_systemd_credential(tmp_path, monkeypatch):
+    """The MQTT client reads its password through read_secret: the unit's LoadCredential=mqtt_password
+    works with no password_file in the config, and wins over the environment."""
+    from anoncam.config import validate
+    from anoncam.mqtt.client import read_password
+    d = tmp_path / "creds"
+    d.mkdir()
+    (d / "mqtt_password").write_text("from-credential\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(d))
+    monkeypatch.setenv("ANONCAM_MQTT_PASSWORD", "from-env")
+    assert read_password(validate({"mqtt": {"username": "cam"}}).mqtt) == "from-credential"
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    assert read_password(validate({"mqtt": {"username": "cam"}}).mqtt) == "from-env"

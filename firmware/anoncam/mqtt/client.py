@@ -11,9 +11,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from ..config import MqttConfig
+from ..secrets import SecretError, read_secret
 
 log = logging.getLogger(__name__)
 PASSWORD_ENV = "ANONCAM_MQTT_PASSWORD"
+CREDENTIAL = "mqtt_password"  # LoadCredential=mqtt_password:... in systemd/anoncam.service
 # CONNACK reasons that retrying cannot fix: unsupported protocol, client id, login, not authorized, banned
 FATAL_CONNACK = {132, 133, 134, 135, 138, 140}
 
@@ -23,6 +25,8 @@ class MqttError(RuntimeError):
 
 
 def read_password(cfg: MqttConfig) -> str | None:
+    """The broker password, by secrets.read_secret: the systemd credential `mqtt_password`, then
+    mqtt.password_file, then ANONCAM_MQTT_PASSWORD."""
     if cfg.username is None:
         if cfg.password_file is not None:
             raise MqttError("mqtt.password_file is set but mqtt.username is not: set both or neither "
@@ -30,17 +34,13 @@ def read_password(cfg: MqttConfig) -> str | None:
         if os.environ.get(PASSWORD_ENV):
             log.warning("%s is set but mqtt.username is not; no login is used", PASSWORD_ENV)
         return None
-    if cfg.password_file is not None:
-        try:
-            text = Path(cfg.password_file).read_text()
-        except OSError as e:
-            raise MqttError(f"mqtt.password_file {cfg.password_file}: cannot read: {e.strerror}") from None
-        return text.splitlines()[0] if text else ""
-    password = os.environ.get(PASSWORD_ENV)
-    if password is None:
-        raise MqttError(f"mqtt.username is set but there is no password: name a file in mqtt.password_file "
-                        f"or set the {PASSWORD_ENV} environment variable")
-    return password
+    try:
+        secret = read_secret(file=cfg.password_file, credential=CREDENTIAL, env=PASSWORD_ENV)
+        return secret.splitlines()[0]  # a password is one line
+    except SecretError as e:
+        raise MqttError(f"mqtt.username is set but there is no password ({e}): name a file in "
+                        f"mqtt.password_file, pass the systemd credential {CREDENTIAL!r} or set the "
+                        f"{PASSWORD_ENV} environment variable") from None
 
 
 def _tls(client: mqtt.Client, cfg: MqttConfig) -> None:
