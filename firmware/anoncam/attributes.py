@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from . import assets
+from .geometry import similarity
 
 # dlib's 5-point face-chip template (get_face_chip_details, dlib/image_transforms/interpolation.h),
 # in the order of its predictor: subject's left eye outer, inner, right eye outer, inner, nose base.
@@ -26,24 +27,6 @@ DLIB_TEMPLATE5 = np.array([[0.8595674595992, 0.2134981538014], [0.6460604764104,
 MESH_FOR_DLIB5 = [263, 362, 33, 133, 2]  # the same five points on the FaceMesh topology
 AGE_MEANS = np.array([122.781998, 117.000999, 104.297997], np.float32)  # RGB, from the package manifest
 AGE_WEIGHTS = np.array([0.25] + list(range(1, 81)), np.float32)
-
-
-def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity transform (Umeyama) mapping src points onto dst, as a 2x3 matrix."""
-    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
-    ms, md = src.mean(0), dst.mean(0)
-    a, b = src - ms, dst - md
-    cov = b.T @ a / len(src)
-    u, d, vt = np.linalg.svd(cov)
-    s = np.eye(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        s[1, 1] = -1
-    r = u @ s @ vt
-    scale = np.trace(np.diag(d) @ s) / a.var(0).sum()
-    m = np.zeros((2, 3))
-    m[:, :2] = scale * r
-    m[:, 2] = md - m[:, :2] @ ms
-    return m
 
 
 def _pyr_down(img: np.ndarray) -> np.ndarray:

@@ -5,15 +5,13 @@ import cv2
 import numpy as np
 
 from ..detect.facemesh import FACE_OVAL
+from ..geometry import grown
 
 
 def face_polygon(box: np.ndarray, landmarks: np.ndarray | None, scale: float) -> np.ndarray:
     """Outline of the area to cover, in frame pixels, grown by `scale` about its centre."""
     if landmarks is not None:
-        pts = landmarks[FACE_OVAL].astype(np.float32)
-        c = pts.mean(0)
-        pts = c + (pts - c) * scale
-        return pts
+        return grown(landmarks[FACE_OVAL], scale)
     c = (box[:2] + box[2:]) / 2
     ax = (box[2:] - box[:2]) / 2 * scale * 1.1  # the ellipse must hold the box's corners' face area
     t = np.linspace(0, 2 * np.pi, 32, endpoint=False)

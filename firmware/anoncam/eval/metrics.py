@@ -30,12 +30,12 @@ from ..attributes import (  # noqa: F401 -- re-exported: the eval's instruments 
     MESH_FOR_DLIB5,
     AgeGender,
     dlib_chip,
-    similarity,
 )
 from ..backends import open_model
 from ..detect import iou
 from ..detect.facemesh import LEFT_EYE, RIGHT_EYE, FaceMesh
 from ..detect.yunet import YuNet
+from ..geometry import similarity  # noqa: F401 -- re-exported for the eval's tests
 from ..types import Detection
 
 EXPRESSIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
