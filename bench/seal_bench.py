@@ -1,0 +1,169 @@
+"""Owner-key sealing cost and size (issue 15). Prints figures; asserts nothing.
+
+Per clip at 640x480, 1 thread, blur: the frame loop's share of sealing (SealPolicy's copy of each
+face region + VideoSeal.add) per face, p50/p95; the worker's H.264 encode per frame (CPU beside the
+loop) and its share of a 25 fps frame (40 ms); sealed bytes against the anonymized segment's
+bytes; PSNR of the sealed regions; reveal throughput (video and still).
+
+    .venv/bin/python bench/seal_bench.py [--frames 240] [--crf 16]
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyrage
+from anoncam import assets, reveal, seal
+from anoncam.config import validate
+from anoncam.pipeline import Pipeline
+from anoncam.policy import AnonymizeAll
+from anoncam.sinks.files import VideoFile, encode_image, write_atomic
+
+W, H = 640, 480
+
+
+def frames_of(name: str, n: int):
+    media = {k: assets.fetch(a) for k, a in assets.load_manifest("media").items() if k in (name, "group1")}
+    if name == "group3pan":  # three faces: a group photo panning
+        img = cv2.resize(cv2.imread(str(media["group1"])), (760, 560), interpolation=cv2.INTER_AREA)
+        for i in range(n):
+            j = i % 120
+            yield np.ascontiguousarray(img[40 + j // 3: 40 + j // 3 + H, j: j + W])
+        return
+    cap = cv2.VideoCapture(str(media[name]))
+    for _ in range(n):
+        ok, f = cap.read()
+        if not ok:
+            return
+        yield cv2.resize(f, (W, H), interpolation=cv2.INTER_LINEAR)
+
+
+class Timed(seal.SealPolicy):
+    def __init__(self, cfg):
+        super().__init__(AnonymizeAll(cfg.method), cfg)
+        self.ms: list[float] = []
+
+    def decide(self, frame, faces, sidecar):
+        self.inner.decide(frame, faces, sidecar)
+        t = time.perf_counter()
+        inner, self.inner = self.inner, _Noop()
+        try:
+            super().decide(frame, faces, sidecar)
+        finally:
+            self.inner = inner
+        if faces:
+            self.ms.append((time.perf_counter() - t) * 1000 / len(faces))
+
+
+class _Noop:
+    def decide(self, *a):
+        pass
+
+
+def run(name: str, n: int, crf: int, recipient, identity, tmp: Path) -> None:
+    cfg = validate({"anonymize": {"method": "blur"}, "runtime": {"threads": 1}}, "bench")
+    policy = Timed(cfg.anonymize)
+    pipe = Pipeline.from_config(cfg, policy)
+    cv2.setNumThreads(1)
+    media = tmp / f"{name}.mp4"
+    video = VideoFile(media, 25.0, (W, H))
+    vs = seal.VideoSeal(25.0, (W, H), crf)
+    vs.worker_ms = []
+    add_ms, crops, faces = [], [], 0
+    for i, frame in enumerate(frames_of(name, n)):
+        res = pipe.process(frame, i, live=False)
+        video.write(res.image)
+        c = res.sidecar.get("seal")
+        t = time.perf_counter()
+        vs.add(c)
+        if c is not None and c.items:
+            add_ms.append((time.perf_counter() - t) * 1000 / len(c.items))
+            crops.append(c)
+            faces += len(c.items)
+    video.commit()
+    t = time.process_time()
+    sealed = seal.encrypt(vs.finish(media), recipient)
+    close_ms = (time.process_time() - t) * 1000
+    write_atomic(seal.sidecar_path(media), sealed)
+    # the worker's encode, timed again in this thread on the same regions (1 thread)
+    enc = seal.VideoSeal(25.0, (W, H), crf)
+    enc.worker.join(0)
+    enc.q.put(None)
+    enc.worker.join()
+    import av
+    per = []
+    for c in crops:
+        t = time.process_time()
+        img = np.zeros((H, W, 3), np.uint8)
+        for _, (x0, y0, x1, y1), px, _ in c.items:
+            img[y0:y1, x0:x1] = px
+        for pk in enc.stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+            enc.out.mux(pk)
+        per.append((time.process_time() - t) * 1000)
+    loop = np.array(policy.ms) + np.array(add_ms[:len(policy.ms)])
+    vbytes, sbytes = media.stat().st_size, len(sealed)
+    secs = i / 25.0 + 1 / 25.0
+    t = time.perf_counter()
+    reveal.reveal_video(media, tmp / f"{name}_r.mkv", identity)
+    rv = (time.perf_counter() - t)
+    header, _ = seal.open_sidecar(media, identity)
+    back = cv2.VideoCapture(str(tmp / f"{name}_r.mkv"))
+    restored = []
+    while True:
+        ok, f = back.read()
+        if not ok:
+            break
+        restored.append(f)
+    ps, k = [], 0
+    for j, c in enumerate(crops):
+        fr = header["stream_frames"][j]
+        for _, (x0, y0, x1, y1), px, _ in c.items:
+            mse = np.mean((restored[fr][y0:y1, x0:x1].astype(np.float64) - px) ** 2)
+            ps.append(99.0 if mse == 0 else 10 * np.log10(255 ** 2 / mse))
+            k += 1
+    print(f"{name}: {i + 1} frames, {faces / max(1, len(crops)):.1f} faces/frame | in the loop per face "
+          f"p50 {np.percentile(loop, 50):.3f} p95 {np.percentile(loop, 95):.3f} ms | encode beside it "
+          f"p50 {np.percentile(per, 50):.2f} p95 {np.percentile(per, 95):.2f} ms/frame = "
+          f"{np.percentile(per, 50) / 40 * 100:.1f} % of a 25 fps frame | segment close {close_ms:.0f} ms | "
+          f"sealed {sbytes / secs * 60 / 1e6:.2f} MB/min vs video {vbytes / secs * 60 / 1e6:.2f} MB/min "
+          f"= {100 * sbytes / vbytes:.0f} % | PSNR min {min(ps):.1f} p5 {np.percentile(ps, 5):.1f} "
+          f"median {np.median(ps):.1f} dB | reveal {(i + 1) / rv:.0f} frames/s")
+
+
+def still(recipient, identity, tmp: Path) -> None:
+    cfg = validate({"anonymize": {"method": "blur"}, "runtime": {"threads": 1}}, "bench")
+    pipe = Pipeline.from_config(cfg, seal.SealPolicy(AnonymizeAll("blur"), cfg.anonymize))
+    img = cv2.imread(str(assets.fetch(assets.load_manifest("media")["group1"])))
+    res = pipe.process(img, 0, still=True, live=False)
+    data = encode_image(res.image, ".jpg", 90)
+    t = time.process_time()
+    sealed = seal.seal_still(res.sidecar["seal"], data, "g.jpg", img.shape, recipient)
+    ms = (time.process_time() - t) * 1000
+    write_atomic(tmp / "g.jpg", data)
+    write_atomic(tmp / "g.jpg.age", sealed)
+    t = time.perf_counter()
+    reveal.reveal_still(tmp / "g.jpg", tmp / "g.png", identity)
+    print(f"still {img.shape[1]}x{img.shape[0]} {len(res.faces)} faces: seal {ms:.0f} ms (PNG + age, at "
+          f"write time), sealed {len(sealed) / 1e3:.0f} kB vs JPEG q90 {len(data) / 1e3:.0f} kB = "
+          f"{100 * len(sealed) / len(data):.0f} %; reveal {(time.perf_counter() - t) * 1000:.0f} ms")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--frames", type=int, default=240)
+    ap.add_argument("--crf", type=int, default=16)
+    ap.add_argument("--clips", default="franck,cap12,group3pan")
+    a = ap.parse_args()
+    identity = pyrage.x25519.Identity.generate()
+    with tempfile.TemporaryDirectory() as d:
+        for name in a.clips.split(","):
+            run(name, a.frames, a.crf, identity.to_public(), identity, Path(d))
+        still(identity.to_public(), identity, Path(d))
+
+
+if __name__ == "__main__":
+    main()
