@@ -38,7 +38,6 @@ INNER_BAND = 0.8
 DARK_EDGE = 0.75
 HUE_EDGE = 16.0
 IN_CHANNELS = 11
-GAIN_SPREAD = 1.35  # recolouring: a cell's gain stays within this factor of the whole face's
 # inner lip contour (MediaPipe FACEMESH_LIPS, inner ring), in order
 INNER_LIPS = np.array([78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178,
                        88, 95])
@@ -354,12 +353,7 @@ def generator_input(geo: Geometry, crop: np.ndarray, pts: np.ndarray, id_tex: np
         pts = pts + np.float32(pull) * (id_shape.astype(np.float32) - geo.mean)
     warped, valid = geo.from_canonical(id_tex, pts, id_valid)
     id_cells = light_grid(warped, valid)
-    # per-cell gains about the overall one, limited to GAIN_SPREAD either way: a cell whose means
-    # differ for other reasons (the original's dark eye sockets, brows or glasses; few valid
-    # identity pixels) does not paint dark sockets or bright blotches
-    whole = face_cells.mean((0, 1)) / np.maximum(id_cells.mean((0, 1)), 0.02)
-    cell = np.clip(face_cells / np.maximum(id_cells, 0.02) / np.maximum(whole, 1e-3), 1 / GAIN_SPREAD, GAIN_SPREAD)
-    gain = np.clip(upsample_grid((cell * whole).astype(np.float32)), 0.2, 5.0)
+    gain = np.clip(grid / np.maximum(upsample_grid(id_cells), 0.02), 0.2, 5.0)
     tex = np.clip(warped.astype(np.float32) / 255.0 * gain, 0.0, 1.0)
     # no more colourful than the face: a grey (night IR, ORL) face gets a grey identity, not one
     # whose lips and eyes keep their colour around grey cell means
@@ -393,35 +387,7 @@ def fill_smooth(img: np.ndarray, weight: np.ndarray) -> np.ndarray:
     return out
 
 
-SIL_SOFT = 2.0  # px (crop): the soft edge between the synthetic face's skin and its surroundings
-
-
-def silhouette(geo: Geometry, pts: np.ndarray, id_shape: np.ndarray | None, pull: float,
-               scale: float) -> np.ndarray:
-    """The synthetic face's outline: its face oval (this face's mesh pulled toward the identity's
-    own shape, as generator_input does) grown by `scale`, filled (crop pixels, 0..1)."""
-    if id_shape is not None and pull:
-        pts = pts + np.float32(pull) * (id_shape.astype(np.float32) - geo.mean)
-    return poly_mask(oval_polygon(pts, scale))
-
-
-def silhouette_fill(tex: np.ndarray, valid: np.ndarray, cover: np.ndarray, ctx: np.ndarray,
-                    sil: np.ndarray, fill: np.ndarray) -> np.ndarray:
-    """Between the identity and the covered region's edge: the identity's own skin extended (pull-push
-    from its valid pixels only) up to its silhouette `sil`, the surroundings (the context outside the
-    covered region) extended inward beyond it, joined by a SIL_SOFT edge, instead of one wide smooth
-    blend from skin to surroundings. `fill` is returned when the identity has too few valid pixels."""
-    v = (valid > 0.99).astype(np.float32)
-    if v.sum() < 16:
-        return fill
-    a = cv2.GaussianBlur(np.minimum(sil, 1.0).astype(np.float32), (0, 0), SIL_SOFT)[..., None]
-    skin = fill_smooth(np.ascontiguousarray(tex * valid[..., None]), v)
-    out = (cover < 0.01).astype(np.float32)
-    around = fill_smooth(np.ascontiguousarray(ctx * out[..., None]), out)
-    return a * skin + (1 - a) * around
-
-
-def classic_render(x: np.ndarray, sil: np.ndarray | None = None) -> np.ndarray:
+def classic_render(x: np.ndarray) -> np.ndarray:
     """No network: the recoloured identity where valid; between its edge and the edge of the covered
     region a smooth fill from the identity's edge and the context (no detail of the original there:
     the context is what stays visible anyway); the context outside. x: generator_input. Returns
@@ -431,8 +397,6 @@ def classic_render(x: np.ndarray, sil: np.ndarray | None = None) -> np.ndarray:
     known = np.clip(valid + (1 - cover), 0.0, 1.0)[..., 0]
     known = (known > 0.99).astype(np.float32)
     fill = fill_smooth(np.ascontiguousarray(valid * tex + (1 - cover) * ctx), known)
-    if sil is not None:
-        fill = silhouette_fill(tex, valid[..., 0], cover[..., 0], ctx, sil, fill)
     # the identity fades into the fill over a few pixels inside its edge (no drawn outline: tex is
     # premultiplied by valid, so its edge pixels are divided back to their own colour)
     soft = np.minimum(cv2.GaussianBlur(valid[..., 0], (0, 0), 2.5), valid[..., 0])[..., None]
