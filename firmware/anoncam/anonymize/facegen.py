@@ -23,6 +23,8 @@ import cv2
 import numpy as np
 
 from ..detect.facemesh import FACE_OVAL
+from ..geometry import apply_affine, grown
+from ..geometry import similarity as _similarity
 
 SIZE = 128
 OVAL_HEIGHT = 76.0  # forehead (10) to chin (152) in the canonical crop
@@ -45,19 +47,8 @@ RING_SCALES = (1.45, 2.2)
 
 
 def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """2x3 least-squares similarity (rotation, uniform scale, shift) taking src points to dst."""
-    ms, md = src.mean(0), dst.mean(0)
-    a, b = src - ms, dst - md
-    var = (a * a).sum()
-    sxx = (a[:, 0] * b[:, 0] + a[:, 1] * b[:, 1]).sum() / var
-    sxy = (a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]).sum() / var
-    r = np.array([[sxx, -sxy], [sxy, sxx]], np.float64)
-    t = md - r @ ms
-    return np.concatenate([r, t[:, None]], 1).astype(np.float32)
-
-
-def apply_affine(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    return (pts @ m[:, :2].T + m[:, 2]).astype(np.float32)
+    """geometry.similarity in float32, as the renderer's warps take it."""
+    return _similarity(src, dst).astype(np.float32)
 
 
 def with_ring(pts: np.ndarray) -> np.ndarray:
@@ -71,9 +62,7 @@ def with_ring(pts: np.ndarray) -> np.ndarray:
 
 def oval_polygon(pts: np.ndarray, scale: float) -> np.ndarray:
     """Face oval grown by `scale` about its centroid (as anonymize.masks.face_polygon)."""
-    oval = pts[FACE_OVAL].astype(np.float32)
-    c = oval.mean(0)
-    return c + (oval - c) * scale
+    return grown(pts[FACE_OVAL], scale)
 
 
 def normalize_mean_shape(shapes: np.ndarray) -> np.ndarray:
