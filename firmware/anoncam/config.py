@@ -1,7 +1,9 @@
 """Configuration: YAML validated with pydantic; unknown keys are rejected with their path and file."""
 from __future__ import annotations
 
+import codecs
 import json
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -9,6 +11,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import registry
+
+# Bounds on config input (hostile or broken files must cost nothing and fail with a clear error)
+MAX_BYTES = 256 * 1024
+MAX_DEPTH = 32
+MAX_ZONES = 64
+MAX_ZONE_POINTS = 256
+MAX_COORD = 65536.0
 
 Method = Literal[registry.names()]  # blur, pixelate, solid, generative (anoncam/registry.py)
 
@@ -83,9 +92,13 @@ class AnonymizeConfig(Strict):
     @field_validator("privacy_zones")
     @classmethod
     def _zones(cls, v):
+        if len(v) > MAX_ZONES:
+            raise ValueError(f"at most {MAX_ZONES} privacy zones")
         for poly in v:
-            if len(poly) < 3:
-                raise ValueError("a privacy zone needs at least 3 points")
+            if not 3 <= len(poly) <= MAX_ZONE_POINTS:
+                raise ValueError(f"a privacy zone needs 3 to {MAX_ZONE_POINTS} points")
+            if any(not math.isfinite(c) or abs(c) > MAX_COORD for p in poly for c in p):
+                raise ValueError(f"privacy zone points must be finite and within +-{MAX_COORD} px")
         return v
 
 
@@ -267,16 +280,66 @@ def validate(data: dict, where: str = "config") -> Config:
         raise ConfigError(_format_errors(e, where)) from None
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML for configs: no anchors or aliases (an alias bomb costs nothing to write and gigabytes to
+    expand), no duplicate keys (the later one would silently win), nesting at most MAX_DEPTH deep."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent) or getattr(self.peek_event(), "anchor", None):
+            raise yaml.constructor.ConstructorError(None, None, "anchors and aliases (&, *) are not allowed "
+                                                    "in a config", self.peek_event().start_mark)
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.constructor.ConstructorError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                                        self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _text(path: Path, raw: bytes) -> str:
+    """UTF-8 (with or without a BOM), or UTF-16/32 with a BOM; anything else is an error."""
+    for bom, enc in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                     (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if raw.startswith(bom):
+            break
+    else:
+        enc = "utf-8"
+    try:
+        return raw.decode(enc)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not {enc.upper()} text (byte {e.start}); save the config as UTF-8") from None
+
+
 def load(path: str | Path | None) -> Config:
     if path is None:
         return Config()
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        if not path.is_file():
+            raise ConfigError(f"{path}: not a file")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_BYTES + 1)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    if len(raw) > MAX_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_BYTES} bytes; a config is a few kB")
+    try:
+        data = yaml.load(_text(path, raw), Loader=_StrictLoader)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply") from None
     return validate(data, str(path))
 
 
