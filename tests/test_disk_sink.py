@@ -54,3 +54,25 @@ def test_age_and_free_space_floor(tmp_path):
     sink.cfg.retention.min_free_bytes = 1 << 62
     sink.write(next(gen))
     assert [f.name[-12:] for f in stills.glob("*.jpg")] == ["00000002.jpg"]
+
+
+def test_output_folders_are_private(tmp_path):
+    """Folders the camera creates for recordings of people are 0750, whatever the umask lets through;
+    a folder that already exists keeps its mode."""
+    import os
+    import stat
+
+    from anoncam.config import OutputConfig
+    from anoncam.sinks.disk import DiskSink
+    (tmp_path / "existing").mkdir(mode=0o755)
+    os.chmod(tmp_path / "existing", 0o755)
+    old = os.umask(0o022)
+    try:
+        DiskSink(OutputConfig(dir=tmp_path / "existing" / "new" / "out"), "cam0", 25.0)
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)
+    assert mode(tmp_path / "existing") == 0o755
+    for p in [tmp_path / "existing" / "new", tmp_path / "existing" / "new" / "out",
+              tmp_path / "existing" / "new" / "out" / "cam0", tmp_path / "existing" / "new" / "out" / "cam0" / "stills"]:
+        assert mode(p) == 0o750, p

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..config import OutputConfig
 from ..types import FrameResult
-from .files import VideoFile, encode_image, write_atomic, write_both
+from .files import VideoFile, encode_image, private_dir, write_atomic, write_both
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class DiskSink:
         self.root = Path(cfg.dir) / camera
         self.stills_dir, self.video_dir = self.root / "stills", self.root / "video"
         for d in (self.stills_dir, self.video_dir):
-            d.mkdir(parents=True, exist_ok=True)
+            private_dir(d)
             for stale in d.glob("*.part.*"):  # left by a crash; anonymized, but incomplete
                 stale.unlink(missing_ok=True)
             for stale in d.glob(".*.tmp"):

@@ -28,8 +28,29 @@ def encode_image(img: np.ndarray, ext: str, quality: int = 90) -> bytes:
     return buf.tobytes()
 
 
+DIR_MODE = 0o750  # folders of recordings of people: owner and group only
+
+
+def private_dir(path: Path) -> Path:
+    """Create `path` and any missing parents with DIR_MODE (existing folders are left as they are)."""
+    target = p = Path(path)
+    missing = []
+    while not p.exists():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            pass
+        os.chmod(d, DIR_MODE)  # mkdir's mode is masked by the umask; this one is meant
+    return target
+
+
 def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -57,7 +78,7 @@ class VideoFile:
     def __init__(self, path: Path, fps: float, size: tuple[int, int], fourcc: str | None = None):
         self.path = Path(path)
         self.part = self.path.with_name(f"{self.path.stem}.part{self.path.suffix}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         code = fourcc or FOURCC_BY_EXT.get(self.path.suffix.lower(), "mp4v")
         self.writer = cv2.VideoWriter()
         ok = self.writer.open(str(self.part), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*code), fps, size)
