@@ -60,3 +60,10 @@ def test_cli_config_check_exits_2(tmp_path, content):
     p = write(tmp_path, content)
     r = subprocess.run([*ANONCAM, "config", "check", str(p)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and str(p) in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("content,key", [("detect: {model: nope}\n", "detect.model"),
+                                         ("landmarks: {model: nope}\n", "landmarks.model"),
+                                         ("output: {video: {extension: .jpg}}\n", "output.video.extension")])
+def test_settings_that_cannot_work_are_refused(tmp_path, content, key):
+    assert key in refused(tmp_path, content)

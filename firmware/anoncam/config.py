@@ -40,7 +40,8 @@ class CameraConfig(Strict):
 
 
 class DetectConfig(Strict):
-    model: str = Field("yunet", description="Detector name in models/manifest.yaml.")
+    model: Literal["yunet"] = Field("yunet", description=(
+        "Detector in models/manifest.yaml; the pipeline decodes YuNet's outputs, so yunet is the one."))
     min_face: int = Field(24, ge=8, le=4096, description=(
         "Stills: every face at least this many pixels across (box long side) is looked for, whatever the "
         "image size (a pyramid of scales and tiles; cost grows with (image pixels) / min_face^2)."))
@@ -56,7 +57,7 @@ class DetectConfig(Strict):
 
 class LandmarksConfig(Strict):
     enabled: bool = Field(True, description="Dense FaceMesh landmarks for a face-shaped mask.")
-    model: str = "facemesh"
+    model: Literal["facemesh"] = Field("facemesh", description="Dense landmark model in models/manifest.yaml.")
     min_face: int = Field(24, ge=8, description="Faces smaller than this (px) use the ellipse mask.")
     score_threshold: float = Field(0.5, gt=0, lt=1)
 
@@ -117,7 +118,8 @@ class VideoConfig(Strict):
     enabled: bool = True
     segment_s: float = Field(60.0, gt=0, description="Length of one video segment in seconds of video.")
     fourcc: str = Field("mp4v", min_length=4, max_length=4)
-    extension: str = Field(".mp4", pattern=r"^\.[a-z0-9]+$")
+    extension: Literal[".mp4", ".m4v", ".mov", ".mkv", ".avi"] = Field(".mp4", description=(
+        "Video container of the segments."))
 
 
 class RetentionConfig(Strict):
