@@ -22,7 +22,9 @@ def _config(args) -> Config:
     cfg = load(getattr(args, "config", None))
     return override(cfg, **{"anonymize.method": getattr(args, "method", None),
                             "runtime.threads": getattr(args, "threads", None),
-                            "privacy.owner_public_key": getattr(args, "owner_key", None)})
+                            "privacy.owner_public_key": getattr(args, "owner_key", None),
+                            "consent.gallery": getattr(args, "gallery", None),
+                            "consent.enabled": True if getattr(args, "gallery", None) else None})
 
 
 def settle() -> None:
@@ -178,6 +180,45 @@ def _reveal_plan(inputs: list[Path], output: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
+def cmd_enroll(args) -> int:
+    from .consent.enroll import EnrollError, enroll
+    from .consent.gallery import Gallery, GalleryError, default_path
+    from .pipeline import Pipeline
+    cfg = _config(args)
+    path = default_path(cfg)
+    try:
+        g = Gallery.load(path, missing_ok=True)
+        pipe = Pipeline.from_config(override(cfg, **{"consent.enabled": False}))
+        n = enroll(pipe, g, args.name, [Path(p) for p in args.inputs], cfg.consent.threshold)
+    except (EnrollError, GalleryError) as e:
+        print(f"anoncam enroll: {e}", file=sys.stderr)
+        return 2
+    print(f"enrolled {args.name!r}: {n} embedding(s), no photo kept, in {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_consent(args) -> int:
+    from .consent.gallery import Gallery, GalleryError, default_path
+    path = default_path(_config(args))
+    try:
+        g = Gallery.load(path, missing_ok=args.action == "list")
+    except GalleryError as e:
+        print(f"anoncam consent: {e}", file=sys.stderr)
+        return 2
+    if args.action == "list":
+        for name, p in sorted(g.people.items()):
+            print(f"{name}\tconsented {p.consented}\t{len(p.embeddings)} embedding(s)")
+        return 0
+    if not args.name or args.name not in g.people:
+        print(f"anoncam consent: {args.name!r} is not enrolled in {path}", file=sys.stderr)
+        return 2
+    del g.people[args.name]
+    g.save()
+    print(f"revoked {args.name!r}: removed from {path} (a running camera drops it within a frame)",
+          file=sys.stderr)
+    return 0
+
+
 def cmd_models(args) -> int:
     if args.action == "quantize":
         return _quantize(args.names or None)
@@ -279,6 +320,8 @@ def parser() -> argparse.ArgumentParser:
                    "the original faces beside the media (overrides privacy.owner_public_key)")
     r.add_argument("--mqtt", metavar="URL", help="publish to this broker: mqtt://[user@]host[:port] (mqtts:// "
                    "for TLS); the password comes from mqtt.password_file or ANONCAM_MQTT_PASSWORD, never from here")
+    r.add_argument("--gallery", metavar="FILE", help="consent gallery: enrolled people may stay visible "
+                   "(sets consent.gallery and consent.enabled)")
     r.set_defaults(fn=cmd_run)
 
     a = sub.add_parser("anonymize", help="anonymize image and video files")
@@ -294,7 +337,24 @@ def parser() -> argparse.ArgumentParser:
                    "file, so the output is a function of (input, key); default a fresh random key per run")
     a.add_argument("--owner-key", metavar="PUBFILE", help="owner public key (age1... or OWNER_KEY.pub): seal "
                    "the original faces to it in OUTPUT.age beside each file")
+    a.add_argument("--gallery", metavar="FILE", help="consent gallery: enrolled people may stay visible "
+                   "(sets consent.gallery and consent.enabled)")
     a.set_defaults(fn=cmd_anonymize)
+
+    n = sub.add_parser("enroll", help="consent: enroll a person from photos or clips (embeddings only, no photo)")
+    n.add_argument("name", help="the person's name (kept in the gallery, never logged)")
+    n.add_argument("inputs", nargs="+", metavar="PHOTO_OR_VIDEO", help="photos (one clear face each) or clips")
+    n.add_argument("--gallery", metavar="FILE", help="gallery file (default: consent.gallery, else "
+                   "<output.dir>/<camera>/consent.json)")
+    n.add_argument("--config", help="YAML config file")
+    n.set_defaults(fn=cmd_enroll)
+
+    o = sub.add_parser("consent", help="consent: list enrolled people or revoke one")
+    o.add_argument("action", choices=["list", "revoke"])
+    o.add_argument("name", nargs="?", help="revoke: the person to remove")
+    o.add_argument("--gallery", metavar="FILE", help="gallery file (default as for enroll)")
+    o.add_argument("--config", help="YAML config file")
+    o.set_defaults(fn=cmd_consent)
 
     k = sub.add_parser("keys", help="owner keys: make a key pair on the owner's computer (not the camera)")
     k.add_argument("action", choices=["init"])

@@ -242,6 +242,25 @@ class PrivacyConfig(Strict):
         return v
 
 
+class ConsentConfig(Strict):
+    enabled: bool = Field(False, description=(
+        "Enrolled people (`anoncam enroll`) stay visible once the camera is sure it is them; everyone "
+        "else is anonymized. `--gallery FILE` on run/anonymize turns it on."))
+    gallery: Path | None = Field(None, description=(
+        "The consent gallery (embeddings and consent dates, mode 0600); null: "
+        "<output.dir>/<camera>/consent.json."))
+    k: int = Field(3, ge=1, le=100, description="Video: consecutive matching detected frames before a track is shown.")
+    threshold: float = Field(0.5, gt=0, lt=1, description="Video: SFace cosine a match needs.")
+    margin: float = Field(0.1, ge=0, lt=1, description="Video: cosine margin over the next enrolled person.")
+    still_threshold: float = Field(0.55, gt=0, lt=1, description="Stills (one match): cosine a match needs.")
+    still_margin: float = Field(0.15, ge=0, lt=1, description="Stills: margin over the next enrolled person.")
+    recheck_every: int = Field(1, ge=1, le=100, description=(
+        "An exempt track is matched again every this many detected frames (1: every one)."))
+    max_size_change: float = Field(0.25, gt=0, lt=1, description=(
+        "A box whose long side changes by more than this fraction between detected frames starts over."))
+    publish_names: bool = Field(False, description="MQTT: the exempt event carries the enrolled name.")
+
+
 class Config(Strict):
     camera: CameraConfig = CameraConfig()
     detect: DetectConfig = DetectConfig()
@@ -254,6 +273,7 @@ class Config(Strict):
     log: LogConfig = LogConfig()
     mqtt: MqttConfig = MqttConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    consent: ConsentConfig = ConsentConfig()
 
 
 class ConfigError(ValueError):

@@ -16,7 +16,7 @@ from .backends import open_model
 from .config import Config
 from .detect.facemesh import FaceMesh
 from .detect.yunet import YuNet
-from .policy import AnonymizeAll, Policy
+from .policy import Policy, default_policy
 from .track import Tracker
 from .types import Detection, Face, FrameResult
 
@@ -35,7 +35,7 @@ class Pipeline:
         self.cfg = cfg
         self.detector = detector
         self.mesh = mesh
-        self.policy = policy or AnonymizeAll(cfg.anonymize.method)
+        self.policy = policy or default_policy(cfg)
         self.anonymizer = Anonymizer(cfg.anonymize, cfg.runtime.precision, cfg.runtime.threads)
         self.anonymizer.method_fn(cfg.anonymize.method)  # an unavailable method stops start-up
         self.tracker = Tracker(cfg.track.iou_threshold, cfg.track.coast_frames, cfg.track.coast_grow)
@@ -157,7 +157,7 @@ class Pipeline:
             else:
                 tr.landmarks = None
             faces.append(Face(track_id=tr.id, box=tr.cover_box(cfg.track.coast_grow), detected=tr.seen,
-                              landmarks=tr.landmarks if tr.misses == 0 else None))
+                              landmarks=tr.landmarks if tr.misses == 0 else None, still=still))
         timings["landmarks"] = (time.perf_counter() - t) * 1000
         return faces
 

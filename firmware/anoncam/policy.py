@@ -24,3 +24,12 @@ class AnonymizeAll:
     def decide(self, frame: np.ndarray, faces: list[Face], sidecar: dict) -> None:
         for f in faces:
             f.method = self.method
+
+
+def default_policy(cfg) -> Policy:
+    """Consent (consent.enabled: enrolled people may stay visible) or everyone anonymized."""
+    if cfg.consent.enabled:
+        from .consent.gallery import default_path
+        from .consent.policy import ConsentPolicy
+        return ConsentPolicy(cfg.anonymize.method, cfg.consent, default_path(cfg))
+    return AnonymizeAll(cfg.anonymize.method)

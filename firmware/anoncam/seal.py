@@ -29,7 +29,7 @@ import pyrage
 from . import registry
 from .anonymize.masks import face_polygon, roi_for
 from .config import AnonymizeConfig, Config
-from .policy import AnonymizeAll
+from .policy import default_policy
 from .types import Face
 
 MAGIC = b"ANONCAM-SEAL\x01"
@@ -104,7 +104,7 @@ def owner_recipient(cfg: Config):
 
 
 def policy_for(cfg: Config) -> SealPolicy:
-    return SealPolicy(AnonymizeAll(cfg.anonymize.method), cfg.anonymize)
+    return SealPolicy(default_policy(cfg), cfg.anonymize)
 
 
 def face_roi(cfg: AnonymizeConfig, f: Face, shape) -> tuple[int, int, int, int] | None:

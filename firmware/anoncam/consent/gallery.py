@@ -1,0 +1,129 @@
+"""The consent gallery: per enrolled person, SFace embeddings and the date of consent, never photos.
+
+One JSON file, mode 0600, written atomically. Its header names the embedding model (manifest name and
+sha256): a gallery from another model is refused, as is a corrupt or group/world-readable file.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import assets
+
+FORMAT = "anoncam-consent-gallery"
+VERSION = 1
+DIM = 128
+FILE_NAME = "consent.json"
+
+
+class GalleryError(RuntimeError):
+    """The gallery cannot be used; the message names the file and why."""
+
+
+def model_id() -> dict:
+    a = assets.load_manifest("models")["sface"]
+    return {"name": "sface", "sha256": a.sha256}
+
+
+def default_path(cfg) -> Path:
+    """consent.gallery, else consent.json in the camera's state directory (<output.dir>/<camera>)."""
+    c = cfg.consent
+    return Path(c.gallery) if c.gallery else Path(cfg.output.dir) / cfg.camera.name / FILE_NAME
+
+
+@dataclass
+class Person:
+    embeddings: np.ndarray  # n x 128, unit length
+    consented: str          # ISO date
+
+
+@dataclass
+class Gallery:
+    path: Path
+    people: dict[str, Person] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path, missing_ok: bool = False) -> Gallery:
+        path = Path(path)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            if missing_ok:
+                return cls(path)
+            raise GalleryError(f"{path}: no consent gallery (anoncam enroll makes one)") from None
+        if st.st_mode & 0o077:
+            raise GalleryError(f"{path}: mode {stat.S_IMODE(st.st_mode):04o} lets others read it; "
+                               "refused (chmod 600)")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise GalleryError(f"{path}: corrupt consent gallery ({type(e).__name__})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != VERSION:
+            raise GalleryError(f"{path}: not an anoncam consent gallery (version {VERSION})")
+        if data.get("model") != model_id():
+            raise GalleryError(f"{path}: made with another embedding model ({_model_name(data)}); this "
+                               f"camera uses sface {model_id()['sha256'][:12]}: enroll the people again")
+        g = cls(path)
+        try:
+            for name, p in data["people"].items():
+                e = np.asarray(p["embeddings"], np.float32)
+                if e.ndim != 2 or e.shape[1] != DIM or len(e) == 0 or not np.all(np.isfinite(e)):
+                    raise ValueError("bad embeddings")
+                e /= np.linalg.norm(e, axis=1, keepdims=True) + 1e-12
+                g.people[str(name)] = Person(e, str(p["consented"]))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise GalleryError(f"{path}: corrupt consent gallery (bad person entry)") from None
+        return g
+
+    def save(self) -> None:
+        data = {"format": FORMAT, "version": VERSION, "model": model_id(),
+                "people": {n: {"consented": p.consented,
+                               "embeddings": [[round(float(x), 6) for x in row] for row in p.embeddings]}
+                           for n, p in sorted(self.people.items())}}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.part")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, json.dumps(data).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        tmp.replace(self.path)
+
+    def add(self, name: str, embeddings: np.ndarray) -> None:
+        self.people[name] = Person(np.asarray(embeddings, np.float32), datetime.date.today().isoformat())
+
+    def scores(self, emb: np.ndarray) -> list[tuple[float, str]]:
+        """Per person, the best cosine of `emb` to their embeddings, highest first."""
+        return sorted(((float(np.max(p.embeddings @ emb)), n) for n, p in self.people.items()), reverse=True)
+
+    def match(self, emb: np.ndarray) -> tuple[str | None, float, float]:
+        """(best person, cosine, margin over the next person or over 0 when alone)."""
+        s = self.scores(emb)
+        if not s:
+            return None, 0.0, 0.0
+        nxt = max(s[1][0], 0.0) if len(s) > 1 else 0.0
+        return s[0][1], s[0][0], s[0][0] - nxt
+
+
+def _model_name(data: dict) -> str:
+    m = data.get("model")
+    if isinstance(m, dict):
+        return f"{m.get('name')} {str(m.get('sha256'))[:12]}"
+    return "none named"
+
+
+def file_state(path: Path) -> tuple | None:
+    """What changes when the gallery is rewritten (atomic replace: a new inode), None when absent."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode
