@@ -1,0 +1,66 @@
+"""Embeddings of the evaluation faces for the consent section (`anoncam eval --consent`), computed
+once and cached: ORL's 400 photos and the group photos as stills, and every frame of franck, cap12
+and cap13 through the pipeline's detect -> track -> landmarks (per face: frame, track id, detected,
+box size, embedding). Public dataset faces only; the camera itself never stores an embedding."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import assets
+from ..config import validate
+from ..consent.embed import Embedder
+from ..pipeline import Pipeline
+from .datasets import group_photo, load_orl, orl_images, video_frames
+
+CLIPS = ("franck", "cap12", "cap13")
+GROUPS = tuple(f"group{i}" for i in range(1, 7))
+
+
+def _pipe() -> Pipeline:
+    return Pipeline.from_config(validate({"runtime": {"threads": 1}, "anonymize": {"method": "solid"}}))
+
+
+def still_faces(pipe, emb, img) -> list[np.ndarray]:
+    pipe.reset()
+    faces = pipe._faces(img, 0, None, True, {}, pipe.detect(img, 0, None, True))
+    return [emb.embed(img, f.landmarks) for f in faces if f.landmarks is not None]
+
+
+def clip_faces(pipe, emb, name: str) -> np.ndarray:
+    """Rows: frame, track id, detected (with landmarks), box long side, then 128 embedding values
+    (zeros when not detected)."""
+    pipe.reset()
+    rows = []
+    for i, img in enumerate(video_frames(name, 10 ** 6)):
+        for f in pipe._faces(img, i, None, False, {}, pipe.detect(img, i)):
+            ok = f.detected and f.landmarks is not None
+            e = emb.embed(img, f.landmarks) if ok else np.zeros(128, np.float32)
+            rows.append([i, f.track_id, float(ok), float(max(f.box[2:] - f.box[:2])), *e])
+    return np.array(rows, np.float32)
+
+
+def load(progress=print) -> dict:
+    path = assets.cache_dir() / "eval-consent" / "embeddings-v1.npz"
+    if path.is_file():
+        return dict(np.load(path, allow_pickle=False))
+    pipe, emb = _pipe(), Embedder(1)
+    out = {}
+    orl = np.zeros((40, 10, 128), np.float32)
+    orl_ok = np.zeros((40, 10), bool)
+    for im in orl_images(40):
+        es = still_faces(pipe, emb, load_orl(im))
+        if len(es) == 1:
+            orl[im.person - 1, im.shot - 1], orl_ok[im.person - 1, im.shot - 1] = es[0], True
+    out["orl"], out["orl_ok"] = orl, orl_ok
+    progress(f"consent: ORL {orl_ok.sum()} of 400 photos with one face")
+    groups = [e for g in GROUPS for e in still_faces(pipe, emb, group_photo(g))]
+    out["groups"] = np.array(groups, np.float32).reshape(-1, 128)
+    progress(f"consent: {len(groups)} group-photo faces")
+    for name in CLIPS:
+        out[name] = clip_faces(pipe, emb, name)
+        progress(f"consent: {name} {len(out[name])} face-frames")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".part.npz")
+    np.savez(tmp, **out)
+    tmp.replace(path)
+    return out
