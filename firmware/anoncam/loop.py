@@ -68,7 +68,8 @@ class FrameLoop:
                 self._write(result)
         finally:  # a frame is counted even when a sink's error ends the loop
             result.timings["sinks"] = (time.perf_counter() - t) * 1000
-            self.stats.frame(result.status, result.timings, len(result.faces))
+            self.stats.frame(result.status, result.timings, len(result.faces),
+                             sum(f.method is None for f in result.faces))
         for cb in self.on_frame:
             cb(result, self.stats)
         return result

@@ -15,10 +15,13 @@ class Stats:
         self._recent = deque(maxlen=window)  # monotonic times of processed frames
         self.faces_in_view = 0
 
-    def frame(self, status: str, timings: dict[str, float], faces: int) -> None:
+    def frame(self, status: str, timings: dict[str, float], faces: int, exempt: int = 0) -> None:
+        """`exempt`: of the faces, those left visible (consent); the rest were anonymized."""
         self.counts["frames"] += 1
         self.counts[status] += 1
         self.counts["faces"] += faces
+        self.counts["faces_exempt"] += exempt
+        self.counts["faces_anonymized"] += faces - exempt
         self.faces_in_view = faces
         for k, v in timings.items():
             self.stage_ms[k].append(v)
@@ -35,7 +38,8 @@ class Stats:
     def summary(self) -> dict:
         c = self.counts
         return {"frames": c["frames"], "ok": c["ok"], "covered": c["covered"], "dropped": c["dropped"],
-                "faces_in_view": self.faces_in_view, "fps": round(self.fps(), 2),
+                "faces_in_view": self.faces_in_view, "faces_exempt": c["faces_exempt"],
+                "faces_anonymized": c["faces_anonymized"], "fps": round(self.fps(), 2),
                 "stage_ms": {k: {q: round(x, 2) for q, x in v.items()} for k, v in self.percentiles().items()}}
 
     def line(self) -> str:

@@ -26,6 +26,7 @@ class Face:
     detected: bool                     # the detector (or mesh) saw it in this frame
     landmarks: np.ndarray | None = None  # 468x2 FaceMesh points in frame pixels
     method: str | None = None          # set by the decision step; None = leave visible (consent)
+    consent_name: str | None = None    # the enrolled name of a visible face, only with consent.publish_names
     still: bool = False                # an independent photo (no track history)
 
 

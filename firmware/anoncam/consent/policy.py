@@ -67,6 +67,8 @@ class ConsentPolicy:
         for f in faces:
             st = self.tracks.setdefault(f.track_id, TrackState())
             f.method = None if self._visible(frame, f, st) else self.method
+            if f.method is None and self.cc.publish_names:
+                f.consent_name = st.name  # for the MQTT exempt event; memory only
             self.counts["exempt" if f.method is None else "anonymized"] += 1
 
     def _visible(self, frame: np.ndarray, f: Face, st: TrackState) -> bool:
