@@ -20,7 +20,7 @@ from anoncam.mqtt.commands import CommandDispatcher
 from anoncam.mqtt.sink import MqttSink
 from anoncam.mqtt.topics import Topics
 from anoncam.pipeline import Pipeline
-from conftest import make_config
+from conftest import TEST_BUDGET_MS, make_config
 from test_mqtt import BASE, CAM, DEFAULT_METHOD, Broker, Sub
 
 MQTT_DIR = Path(__file__).resolve().parents[1] / "firmware" / "anoncam" / "mqtt"
@@ -144,7 +144,8 @@ def test_a_method_set_over_mqtt_survives_a_restart(media, tmp_path, broker):
     """method/set solid on a running camera; a new Runner on the same state directory runs solid,
     says so at connect and in its events and stats; the config object still says the default."""
     from anoncam.runner import Runner
-    cfg = validate({"camera": {"name": CAM, "source": str(media["cap13"]), "loop": False, "fps": 15},
+    cfg = validate({"failsafe": {"budget_ms": TEST_BUDGET_MS},
+                    "camera": {"name": CAM, "source": str(media["cap13"]), "loop": False, "fps": 15},
                     "output": {"dir": str(tmp_path / "out"), "stills": {"enabled": False},
                                "video": {"enabled": False}},
                     "mqtt": {"enabled": True, "host": "127.0.0.1", "port": broker.port, "stats_every_s": 0.5,
