@@ -40,6 +40,7 @@ INNER_BAND = 0.8
 DARK_EDGE = 0.75
 HUE_EDGE = 16.0
 IN_CHANNELS = 11
+GAIN_SPREAD = 1.35  # recolouring: a cell's gain stays within this factor of the whole face's
 # inner lip contour (MediaPipe FACEMESH_LIPS, inner ring), in order
 INNER_LIPS = np.array([78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178,
                        88, 95])
@@ -342,7 +343,12 @@ def generator_input(geo: Geometry, crop: np.ndarray, pts: np.ndarray, id_tex: np
         pts = pts + np.float32(pull) * (id_shape.astype(np.float32) - geo.mean)
     warped, valid = geo.from_canonical(id_tex, pts, id_valid)
     id_cells = light_grid(warped, valid)
-    gain = np.clip(grid / np.maximum(upsample_grid(id_cells), 0.02), 0.2, 5.0)
+    # per-cell gains about the overall one, limited to GAIN_SPREAD either way: a cell whose means
+    # differ for other reasons (the original's dark eye sockets, brows or glasses; few valid
+    # identity pixels) does not paint dark sockets or bright blotches
+    whole = face_cells.mean((0, 1)) / np.maximum(id_cells.mean((0, 1)), 0.02)
+    cell = np.clip(face_cells / np.maximum(id_cells, 0.02) / np.maximum(whole, 1e-3), 1 / GAIN_SPREAD, GAIN_SPREAD)
+    gain = np.clip(upsample_grid((cell * whole).astype(np.float32)), 0.2, 5.0)
     tex = np.clip(warped.astype(np.float32) / 255.0 * gain, 0.0, 1.0)
     # no more colourful than the face: a grey (night IR, ORL) face gets a grey identity, not one
     # whose lips and eyes keep their colour around grey cell means

@@ -41,6 +41,14 @@ LIKE_PENALTY = 1000.0  # score of a candidate SFace still matches to the origina
 LIKE_MAX = 0.2
 AGE_OK = 4.0  # years: a candidate this close in apparent age (and of the same gender) is taken
 NO_NET = "no network (numpy renderer, no model to quantize)"
+# frame-resolution detail (Generative.detail), where the 128 px rendering is magnified into the frame
+SHARPEN = 0.6       # unsharp-mask amount ...
+SHARP_SIGMA = 0.6   # ... at this many crop pixels (sigma = SHARP_SIGMA x frame px per crop px)
+HF_SIGMA = 1.5      # px: the high-frequency band whose level the grain copies (as eval/realism.py)
+GRAIN = 1.0         # grain level over the frame's own (robust RMS in that band, read outside the cover)
+GRAIN_WINDOW = 1.6  # the level is read within the covered polygon's box grown by this ...
+GRAIN_CLEAR = 1.15  # ... outside the polygon grown by this (past most of the feather)
+EDGE_SOFT = 0.02    # of the polygon's size: the soft edge of sharpening and grain
 
 
 class IdentityBank:
@@ -90,6 +98,7 @@ class Generative:
         self.attrs: AgeGender | None = None
         self.likeness: Likeness | None = None
         self._tracks: OrderedDict[bytes, int] = OrderedDict()  # HMAC(key, track) -> identity index
+        self._grain: OrderedDict[bytes, np.ndarray] = OrderedDict()  # HMAC(key, track, k) -> noise
 
     def prepare(self, use_net: bool = False, precision: str = "int8", threads: int = 1) -> None:
         """Load and verify the bank and the attribute models, and the generator network at
@@ -196,9 +205,75 @@ class Generative:
         inv = cv2.invertAffineTransform(m)
         inv[:, 2] -= np.float32(roi_box[:2])
         h, w = roi.shape[:2]
+        up = float(np.sqrt(abs(np.linalg.det(inv[:, :2]))))  # frame px per crop px
         # ROI pixels the crop does not reach stay pixelated, never original
-        cv2.warpAffine(out, inv, (w, h), dst=fallback, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT)
+        cv2.warpAffine(out, inv, (w, h), dst=fallback, borderMode=cv2.BORDER_TRANSPARENT,
+                       flags=cv2.INTER_CUBIC if up > 1.0 else cv2.INTER_LINEAR)
+        poly = fg.oval_polygon(face.landmarks, mask_scale) - np.float32(roi_box[:2])
+        self.detail(fallback, poly, inv, up, frame, roi_box, key, face.track_id)
         return fallback
+
+    def _noise(self, key: bytes, track_id: int, k: int) -> np.ndarray:
+        """Unit white noise on the canonical crop at k x its resolution, fixed per (key, track): the
+        grain moves with the face instead of flickering or staying put in the frame."""
+        tag = hmac.new(key, f"anoncam-grain:{track_id}:{k}".encode(), hashlib.sha256).digest()
+        n = self._grain.get(tag)
+        if n is None:
+            rng = np.random.default_rng(int.from_bytes(tag[:8], "big"))
+            n = self._grain[tag] = rng.standard_normal((fg.SIZE * k, fg.SIZE * k), np.float32)
+            while len(self._grain) > 16:
+                self._grain.popitem(last=False)
+        return n
+
+    def detail(self, roi: np.ndarray, poly: np.ndarray, inv: np.ndarray, up: float, frame: np.ndarray,
+               roi_box, key: bytes, track_id: int) -> None:
+        """In place, inside the covered polygon `poly` (ROI px) with a soft edge: sharpen the
+        upscaled rendering at its own scale, and add grain whose high-frequency level is the
+        frame's own, read OUTSIDE the covered region (nothing of the covered face is read)."""
+        h, w = roi.shape[:2]
+        size = float(max(poly.max(0) - poly.min(0)))
+        mask = np.zeros((h, w), np.float32)
+        cv2.fillPoly(mask, [np.round(poly * 16).astype(np.int32)], 1.0, lineType=cv2.LINE_AA, shift=4)
+        mask = cv2.GaussianBlur(mask, (0, 0), max(0.5, EDGE_SOFT * size))
+        img = roi.astype(np.float32)
+        if up > 1.0:
+            img += SHARPEN * (img - cv2.GaussianBlur(img, (0, 0), SHARP_SIGMA * up)) * mask[..., None]
+        level = self.grain_level(frame, poly + np.float32(roi_box[:2]))
+        if level > 0:
+            k = int(np.clip(round(up), 1, 4))
+            hi = inv.astype(np.float64).copy()
+            hi[:, :2] /= k
+            n = cv2.warpAffine(self._noise(key, track_id, k), hi, (w, h), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REFLECT)
+            hp = n - cv2.GaussianBlur(n, (0, 0), HF_SIGMA)
+            inside = mask > 0.5
+            cur = float(np.sqrt((hp[inside] ** 2).mean())) if inside.any() else 1.0
+            img += (n * (GRAIN * level / max(cur, 1e-6)) * mask)[..., None]
+        np.clip(img + 0.5, 0, 255, out=img)
+        roi[:] = img.astype(np.uint8)
+
+    @staticmethod
+    def grain_level(frame: np.ndarray, poly: np.ndarray) -> float:
+        """Robust RMS of the frame's high frequencies (grey minus its Gaussian blur, HF_SIGMA) in a
+        window about the covered polygon (frame px), outside the polygon grown by GRAIN_CLEAR."""
+        lo, hi = poly.min(0), poly.max(0)
+        c, half = (lo + hi) / 2, (hi - lo) / 2 * GRAIN_WINDOW
+        x0, y0 = np.maximum(0, np.floor(c - half)).astype(int)
+        x1, y1 = np.minimum(frame.shape[1::-1], np.ceil(c + half)).astype(int)
+        if x1 - x0 < 8 or y1 - y0 < 8:
+            return 0.0
+        g = frame[y0:y1, x0:x1]
+        g = (cv2.cvtColor(g, cv2.COLOR_BGR2GRAY) if g.ndim == 3 else g).astype(np.float32)
+        hp = g - cv2.GaussianBlur(g, (0, 0), HF_SIGMA)
+        pc = poly.mean(0)
+        grown = pc + (poly - pc) * GRAIN_CLEAR - np.float32([x0, y0])
+        out = np.ones(g.shape, np.uint8)
+        cv2.fillPoly(out, [np.round(grown).astype(np.int32)], 0)
+        out[:2], out[-2:], out[:, :2], out[:, -2:] = 0, 0, 0, 0
+        vals = np.abs(hp[out > 0])
+        if vals.size < 64:
+            return 0.0
+        return float(1.4826 * np.median(vals))
 
 
 GENERATIVE = Generative()  # registered as `generative` in methods.py
