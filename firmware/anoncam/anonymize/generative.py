@@ -1,10 +1,12 @@
 """`generative`: replace a face's identity with a synthetic one, keeping pose, expression, lighting.
 
 Per face: aligned 128x128 crop from the FaceMesh landmarks -> the track's synthetic identity (a
-texture from the shipped bank, chosen by HMAC(key, track id) among the 12 identities of the face's
-gender nearest to its apparent age) warped onto the face's mesh -> the generator network (ONNX, onnxruntime) renders the face
-from that, a 4x4 lighting grid and the pixels outside the covered region -> pasted back through the
-feathered face mask by the Anonymizer. See facegen.py for the exact inputs.
+texture from the shipped bank: among the 12 identities of the face's gender nearest to its apparent
+age, tried in an order set by HMAC(key, track id), the first that reads as the same gender and age and
+that SFace does not match to the original) warped onto the face's mesh and recoloured to a 4x4
+lighting grid -> by default that warp is the rendering (with `generative_net` the ONNX network renders
+from it, the grid and the pixels outside the covered region) -> pasted back through the feathered
+face mask by the Anonymizer. See facegen.py for the exact inputs.
 
 Fallbacks and failure: a face without landmarks or smaller than `generative_min_face` is pixelated.
 A missing or corrupt generator file stops start-up (AssetError with path and expected sha256); a

@@ -40,7 +40,6 @@ def list_images(path: Path) -> list[Path]:
 
 
 class ImagesSource:
-    kind = "images"
 
     def __init__(self, path: Path, loop: bool = False, fps: float | None = None):
         self.files = list_images(path)
@@ -91,7 +90,6 @@ class VideoFileSource:
     frame inside the stream keeps its place as a frame without an image (see read_frames).
     `threads`: FFmpeg decoder threads (default: its own choice)."""
 
-    kind = "video"
 
     def __init__(self, path: Path, loop: bool = False, fps: float | None = None, realtime: bool = False,
                  threads: int | None = None):

@@ -14,7 +14,6 @@ log = logging.getLogger(__name__)
 
 
 class OpenCVSource:
-    kind = "live"
 
     def __init__(self, spec: str, cfg: CameraConfig, max_backoff_s: float = 30.0):
         self.spec, self.cfg, self.max_backoff_s = spec, cfg, max_backoff_s

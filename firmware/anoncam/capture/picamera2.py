@@ -20,7 +20,6 @@ from . import Frame, SourceError
 
 
 class Picamera2Source:
-    kind = "picamera2"
 
     def __init__(self, cfg: CameraConfig):
         try:
