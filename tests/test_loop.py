@@ -13,7 +13,7 @@ from anoncam.pipeline import Pipeline
 from conftest import make_config
 
 ROOT = Path(anoncam.__file__).parent
-USERS = ["runner.py", "offline.py", "bench.py", "eval/core.py"]
+USERS = ["runner.py", "offline.py", "bench.py", "eval/core.py", "eval/realism_run.py"]
 SOURCES = ["capture/__init__.py", "capture/files.py", "capture/opencv.py", "capture/picamera2.py"]
 
 

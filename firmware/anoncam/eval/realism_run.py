@@ -15,6 +15,8 @@ import numpy as np
 
 from .. import assets, registry
 from ..anonymize.masks import face_polygon
+from ..capture import Frame
+from ..loop import FrameLoop
 from . import datasets
 from . import realism as R
 from .core import BASELINE, _face, tile
@@ -182,9 +184,9 @@ def clips(inst, runs: dict, franck_frames: int) -> tuple[dict, dict]:
             if run.name == BASELINE or run.error or run.pipe is None:
                 continue
             run.pipe.reset()
-            anon = []
+            loop, anon = FrameLoop(run.pipe), []
             for i, f in enumerate(frames):
-                res = run.pipe.process(f.copy(), i, timestamp=i / fps)
+                res = loop.anonymize(Frame(i, i / fps, f.copy()))
                 anon.append(res.image if res.image is not None else np.zeros_like(f))
             flick[clip][run.name] = R.flicker_ratio(frames, anon, boxes)
             strips[clip][run.name] = [tile(anon[i], boxes[i], CELL) if boxes[i] is not None else None for i in pick]
