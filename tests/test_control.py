@@ -57,11 +57,11 @@ def test_settings_persist_and_an_edited_config_wins(tmp_path, caplog):
     again.apply_pending()
     assert set(json.loads(path.read_text())) == {"method", "snapshots"}, "back to the config's value: forgotten"
 
-    # the config file now says blur (or --method blur): that wins over the earlier run-time change
-    edited = override(cfg, **{"anonymize.method": "blur"})
+    # the config file now says pixelate (or --method pixelate): that wins over the earlier run-time change
+    edited = override(cfg, **{"anonymize.method": "pixelate"})
     with caplog.at_level(logging.INFO, logger="anoncam.control"):
-        assert Control(edited).state() == {"enabled": True, "method": "blur", "snapshots": False}
-    assert "the config now says blur" in caplog.text
+        assert Control(edited).state() == {"enabled": True, "method": "pixelate", "snapshots": False}
+    assert "the config now says pixelate" in caplog.text
 
     # a broken or tampered file is reported and the config applies
     path.write_text('{"method": {"value": "sparkle", "configured": "%s"}}' % DEFAULT_METHOD)

@@ -235,10 +235,11 @@ def test_identity_key_determinism(media, tmp_path, cli_env):
 
 
 def test_decoy_with_wrong_key(owner, media, tmp_path, cli_env):
-    """--decoy re-renders the stored synthetic faces (generative, the default method: the detector
-    finds them) with identities from the wrong key; blurred media has no face to re-render."""
+    """--decoy re-renders the stored synthetic faces (generative: the detector finds them) with
+    identities from the wrong key; blurred media has no face to re-render."""
     anon_path, out = tmp_path / "g.png", tmp_path / "decoy.png"
-    cli(cli_env, "anonymize", media["group1"], "-o", anon_path, "--owner-key", owner / "owner.pub", "-q")
+    cli(cli_env, "anonymize", media["group1"], "-o", anon_path, "--owner-key", owner / "owner.pub",
+        "--method", "generative", "-q")
     p = reveal(cli_env, owner, anon_path, "-o", out, "--decoy", key="other")
     assert p.returncode == 0 and "decoy" in p.stderr, p.stderr
     orig, anon, dec = (cv2.imread(str(x)) for x in (media["group1"], anon_path, out))

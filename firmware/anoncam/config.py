@@ -69,9 +69,10 @@ class TrackConfig(Strict):
 
 
 class AnonymizeConfig(Strict):
-    method: Method = Field("generative", description=(
-        "How faces are anonymized. `generative` (default): a synthetic identity per tracked person "
-        "that keeps pose, expression, lighting, age and gender; blur, pixelate, solid: cover only."))
+    method: Method = Field("blur", description=(
+        "How faces are anonymized. blur (default), pixelate, solid: cover only. `generative`: a synthetic "
+        "identity per tracked person that keeps pose, expression, lighting, age and gender; not the "
+        "default until its realism targets hold (README, Realism)."))
     mask_scale: float = Field(1.4, ge=1.0, le=2.5, description=(
         "Grow the face mask about its centre. The covered extent decides privacy: ORL re-ID with blur "
         "3.9 % at 1.25, 1.9 % at 1.4 (README, Evaluation)."))
