@@ -124,7 +124,11 @@ def test_stock_age_opens_a_sidecar(owner, stills, tmp_path):
 def test_sidecar_reveals_nothing_in_clear(stills):
     data = (stills / "group1.png.age").read_bytes()
     assert data.startswith(b"age-encryption.org/v1\n-> X25519 ")
-    assert b"roi" not in data and b"faces" not in data and b"PNG" not in data
+    header = data[:data.index(b"\n--- ")]  # the only clear part: one X25519 stanza (plus age's grease)
+    assert header.count(b"\n-> X25519 ") == 1 and b"faces" not in header
+    # the payload is ciphertext: none of the format's markers (long enough not to occur by chance)
+    for marker in (b'"media_sha256"', b'"faces"', b'"roi"', b"\x89PNG\r\n\x1a\n"):
+        assert marker not in data
 
 
 def test_wrong_key(owner, stills, tmp_path, cli_env):
