@@ -304,6 +304,14 @@ def cmd_eval(args) -> int:
     return 1 if failed else 0
 
 
+def _privacy_options(p: argparse.ArgumentParser, where: str) -> None:
+    """--owner-key and --gallery, shared by run and anonymize."""
+    p.add_argument("--owner-key", metavar="PUBFILE", help="owner public key (age1... or OWNER_KEY.pub): seal "
+                   f"the original faces {where}")
+    p.add_argument("--gallery", metavar="FILE", help="consent gallery: enrolled people may stay visible "
+                   "(sets consent.gallery and consent.enabled)")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="anoncam", description="Anonymize faces at the moment of capture.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -316,12 +324,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--max-frames", type=int, help="stop after this many frames")
     r.add_argument("--threads", type=int, help="override runtime.threads")
     r.add_argument("--no-realtime", action="store_true", help="read file sources once, as fast as possible")
-    r.add_argument("--owner-key", metavar="PUBFILE", help="owner public key (age1... or OWNER_KEY.pub): seal "
-                   "the original faces beside the media (overrides privacy.owner_public_key)")
     r.add_argument("--mqtt", metavar="URL", help="publish to this broker: mqtt://[user@]host[:port] (mqtts:// "
                    "for TLS); the password comes from mqtt.password_file or ANONCAM_MQTT_PASSWORD, never from here")
-    r.add_argument("--gallery", metavar="FILE", help="consent gallery: enrolled people may stay visible "
-                   "(sets consent.gallery and consent.enabled)")
+    _privacy_options(r, "beside the media (overrides privacy.owner_public_key)")
     r.set_defaults(fn=cmd_run)
 
     a = sub.add_parser("anonymize", help="anonymize image and video files")
@@ -335,10 +340,7 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--stats", help="write frame counts and per-stage ms (p50/p95) as JSON to this file")
     a.add_argument("--identity-key", metavar="FILE", help="generative: synthetic identities from this key "
                    "file, so the output is a function of (input, key); default a fresh random key per run")
-    a.add_argument("--owner-key", metavar="PUBFILE", help="owner public key (age1... or OWNER_KEY.pub): seal "
-                   "the original faces to it in OUTPUT.age beside each file")
-    a.add_argument("--gallery", metavar="FILE", help="consent gallery: enrolled people may stay visible "
-                   "(sets consent.gallery and consent.enabled)")
+    _privacy_options(a, "in OUTPUT.age beside each file")
     a.set_defaults(fn=cmd_anonymize)
 
     n = sub.add_parser("enroll", help="consent: enroll a person from photos or clips (embeddings only, no photo)")

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 import pyrage
 
-from . import registry
+from . import assets, registry
 from .anonymize.masks import face_polygon, roi_for
 from .config import AnonymizeConfig, Config
 from .policy import default_policy
@@ -49,12 +49,7 @@ def sidecar_path(media: Path) -> Path:
     return Path(media).with_name(Path(media).name + SUFFIX)
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+file_sha256 = assets.sha256_file  # the media file's sha256, bound into its sidecar
 
 
 class Crops:
