@@ -30,6 +30,7 @@ class Message:
     retain: bool = False
     spool: bool = False                         # store-and-forward while offline (events, snapshots)
     render: Callable[[], bytes] | None = None   # makes the payload on the worker thread (a snapshot's JPEG)
+    low: bool = False                           # answers to commands: only into the queue's first half
 
 
 class Connection:
@@ -74,13 +75,17 @@ class Connection:
 
     # any thread -------------------------------------------------------------------------------
     def put(self, msg: Message) -> bool:
-        """Queue a message without waiting; False (and counted) when the queue is full."""
+        """Queue a message without waiting; False (and counted) when the queue is full. A low-priority
+        message (an answer to a command) is refused once the queue is half full, so a flood of commands
+        never takes the room of events and snapshots (counted as 'low')."""
         try:
+            if msg.low and self.q.qsize() >= self.m.queue_size // 2:
+                raise queue.Full
             self.q.put_nowait(msg)
             return True
         except queue.Full:
             with self._lock:
-                self.overflow[msg.topic.rsplit("/", 1)[-1]] += 1
+                self.overflow["low" if msg.low else msg.topic.rsplit("/", 1)[-1]] += 1
                 total = sum(self.overflow.values())
             if total == 1 or total % 100 == 0:
                 log.warning("mqtt queue full (mqtt.queue_size=%d): %d message(s) dropped so far",

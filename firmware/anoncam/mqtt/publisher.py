@@ -104,22 +104,25 @@ class Publisher:
         self._put_faces(0)
 
     # any thread -------------------------------------------------------------------------------
-    def event(self, ev: dict) -> None:
+    def event(self, ev: dict, low: bool = False) -> None:
         with self._lock:  # the number and the place in the queue are taken together
             self._seq += 1
             body = {"seq": self._seq, "run_id": self.run_id, "camera": self.camera, **ev}
-            self.conn.put(Message(self.topics.events, json.dumps(body).encode(), spool=True))
+            self.conn.put(Message(self.topics.events, json.dumps(body).encode(), spool=True, low=low))
 
-    def error(self, setting: str, payload: str, error: str) -> None:
-        self.event({"type": "error", "ts": round(time.time(), 3), "setting": setting,
-                    "payload": payload[:64], "error": error})
+    def error(self, setting: str, payload: str, error: str, dropped: int = 0) -> None:
+        """An error event (low priority: never takes the queue's second half from track events);
+        what it echoes is bounded. `dropped`: commands dropped unread over the rate limit."""
+        ev = {"type": "error", "ts": round(time.time(), 3), "setting": setting[:64], "payload": payload[:64],
+              "error": error[:200]}
+        self.event({**ev, "dropped": dropped} if dropped else ev, low=True)
 
     def state_text(self, setting: str) -> str:
         value = self.control.state()[setting]
         return on_off(value) if isinstance(value, bool) else str(value)
 
-    def put_state(self, setting: str) -> None:
-        self.conn.put(Message(self.topics.state(setting), self.state_text(setting).encode(), retain=True))
+    def put_state(self, setting: str, low: bool = False) -> None:
+        self.conn.put(Message(self.topics.state(setting), self.state_text(setting).encode(), retain=True, low=low))
 
     def _put_faces(self, n: int) -> None:
         self._faces = n

@@ -43,9 +43,13 @@ class MqttSink:
 
     def on_frame(self, result: FrameResult, stats: Stats) -> None:
         self.publisher.on_frame(result, stats)
+        if self.commands is not None:
+            self.commands.flush()  # commands dropped over the rate: one error event a second
 
     def close(self) -> None:
         if not self.conn.closed:
+            if self.commands is not None:
+                self.commands.flush(force=True)
             self.publisher.stop()
         self.conn.close()
 
@@ -62,7 +66,7 @@ class MqttSink:
         elif self.commands is not None:
             self.commands.handle(topic, payload)
 
-    def _refused(self, setting: str, payload: str, error: str) -> None:
-        self.publisher.error(setting, payload, error)
+    def _refused(self, setting: str, payload: str, error: str, dropped: int = 0) -> None:
+        self.publisher.error(setting, payload, error, dropped)
         if setting in SETTINGS:
-            self.publisher.put_state(setting)  # answer with the unchanged state
+            self.publisher.put_state(setting, low=True)  # answer with the unchanged state

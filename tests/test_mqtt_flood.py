@@ -1,0 +1,75 @@
+"""A hostile broker user (issue 17.4): a flood of bad commands and huge setting names or payloads
+against the real daemon through a real mosquitto. The camera's track events are not pushed out, error
+events are few and bounded, and nothing a client sends is echoed in full."""
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import paho.mqtt.client as mqtt
+from anoncam.mqtt.commands import MAX_PAYLOAD, RATE
+from paho.mqtt.enums import CallbackAPIVersion
+from test_mqtt import BASE, Sub, broker, daemon_config, finish, start_daemon  # noqa: F401 (fixture)
+
+FLOOD = 10_000
+HUGE = 60_000
+
+
+def test_command_flood_does_not_push_out_events(media, tmp_path, cli_env, broker):  # noqa: F811
+    sub = Sub(broker.port)
+    cfg = daemon_config(tmp_path, fps=15, event_update_every_s=0.2, snapshot={"every_s": 0.5}, stats_every_s=0.5)
+    proc = start_daemon(media, tmp_path, cli_env, f"mqtt://127.0.0.1:{broker.port}", cfg, 100000)
+    try:
+        assert sub.wait(lambda: any(e["type"] == "appear" for e in sub.events()), 60)
+        # a second client floods method/set as fast as paho sends (QoS 1: the broker loses none)
+        flood = mqtt.Client(CallbackAPIVersion.VERSION2)
+        flood.max_inflight_messages_set(200)
+        flood.max_queued_messages_set(0)
+        flood.connect("127.0.0.1", broker.port)
+        flood.loop_start()
+        infos = [flood.publish(f"{BASE}/method/set", f"sparkle{i}", qos=1) for i in range(FLOOD)]
+        infos.append(flood.publish(f"{BASE}/{'x' * HUGE}/set", "ON", qos=1))
+        infos.append(flood.publish(f"{BASE}/enabled/set", "y" * HUGE, qos=1))
+        for info in infos:
+            info.wait_for_publish(60)
+        t_end = time.time()
+        flood.disconnect()
+        flood.loop_stop()
+        # track events keep coming after the flood
+        assert sub.wait(lambda: [e for e in sub.events() if e["type"] != "error" and e["ts"] > t_end + 1], 30)
+        time.sleep(1.5)  # the dropped-commands report comes about once a second
+    finally:
+        proc.send_signal(signal.SIGTERM)
+    err = finish(proc, timeout=90)
+    assert sub.wait(lambda: sub.last(f"{BASE}/available") == "offline", 10)
+    sub.close()
+
+    raw = [m.payload for m in sub.on(f"{BASE}/events")]
+    assert max(len(p) for p in raw) < 1024, "an event echoes what a client sent in full"
+    assert all(b"x" * 100 not in p and b"y" * 100 not in p for p in raw)
+    assert "x" * 100 not in err and "y" * 100 not in err, "the log echoes a huge name or payload"
+    events = [json.loads(p) for p in raw]
+    errors = [e for e in events if e["type"] == "error"]
+    # few error events: each either one refused command or a count of commands dropped unread
+    assert 0 < len(errors) <= 200, len(errors)
+    dropped = sum(e.get("dropped", 0) for e in errors if e["setting"] == "method")
+    assert 0 < dropped < FLOOD
+    assert any(e["setting"].startswith("x" * 10) and "too long" in e["error"] for e in errors) or \
+        any(e.get("dropped") for e in errors if e["setting"] == "?")
+    assert any("too long" in e["error"] and str(MAX_PAYLOAD) in e["error"] for e in errors if e["setting"] == "enabled") \
+        or any(e.get("dropped") for e in errors if e["setting"] == "enabled")
+    # not one track event lost to the queue: the camera's own stats say so, and every track ends
+    stats = [json.loads(m.payload) for m in sub.on(f"{BASE}/stats")]
+    overflow = stats[-1]["mqtt"]["overflow"]
+    assert overflow.get("events", 0) == 0 and overflow.get("snapshot", 0) == 0, overflow
+    track = [e for e in events if e["type"] != "error"]
+    open_ = set()
+    for e in track:
+        if e["type"] == "appear":
+            open_.add(e["track_id"])
+        elif e["type"] == "end":
+            open_.discard(e["track_id"])
+    assert open_ == set(), "a track's end event was lost"
+    assert sub.last(f"{BASE}/method/state") not in (None, "") and not sub.last(f"{BASE}/method/state").startswith("sparkle")
+    assert RATE <= 10
