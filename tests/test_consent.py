@@ -61,6 +61,7 @@ def run(pipe, frames, start=0):
     for i, f in enumerate(frames):
         res = pipe.process(f.copy(), start + i)
         assert res.status == "ok"
+        pipe.policy.drain()  # the worker's results are in by the next frame: a lag of one frame
         out.append([(x.track_id, x.detected, x.method is None) for x in res.faces])
     return out
 
@@ -177,3 +178,54 @@ def test_revocation_during_a_run(gallery_file, tmp_path, clips, caplog):
     assert NAME not in caplog.text and "Franck" not in caplog.text
     r = subprocess.run([*ANONCAM, "consent", "list", "--gallery", str(path)], capture_output=True, text=True)
     assert NAME not in r.stdout and "cap man" in r.stdout
+
+
+def test_encrypted_gallery(gallery_file, tmp_path, monkeypatch):
+    """keygen -> encrypt -> the file is age ciphertext; the key from a file or a systemd credential opens
+    it; no key, another key or one altered byte is a clear error."""
+    def cli(*a, cfg=None):
+        extra = ["--config", str(cfg)] if cfg else []
+        return subprocess.run([*ANONCAM, "consent", *a, "--gallery", str(g), *extra], capture_output=True, text=True)
+    g = tmp_path / "g.json"
+    g.write_bytes(gallery_file.read_bytes())
+    os.chmod(g, 0o600)
+    key, other = tmp_path / "consent.key", tmp_path / "other.key"
+    for k in (key, other):
+        r = cli("keygen", str(k))
+        assert r.returncode == 0, r.stderr
+        assert os.stat(k).st_mode & 0o777 == 0o600 and k.read_text().startswith("AGE-SECRET-KEY-1")
+    assert cli("keygen", str(key)).returncode == 2  # never overwritten
+    cfgs = {}
+    for n, k in (("key", key), ("other", other)):
+        cfgs[n] = tmp_path / f"{n}.yaml"
+        cfgs[n].write_text(f"consent:\n  key_file: {k}\n")
+    r = cli("list", cfg=cfgs["key"])
+    assert r.returncode == 2 and "not encrypted but a key is configured" in r.stderr
+    assert cli("encrypt", cfg=cfgs["key"]).returncode == 0
+    blob = g.read_bytes()
+    assert blob.startswith(b"age-encryption.org/") and b"Franck" not in blob and b"embeddings" not in blob
+    assert os.stat(g).st_mode & 0o777 == 0o600
+    r = cli("list", cfg=cfgs["key"])
+    assert r.returncode == 0 and NAME in r.stdout
+    r = cli("list")
+    assert r.returncode == 2 and "encrypted and no key is configured" in r.stderr
+    r = cli("list", cfg=cfgs["other"])
+    assert r.returncode == 2 and "wrong key, or the file was altered" in r.stderr
+    # the camera takes the key from a systemd credential ($CREDENTIALS_DIRECTORY/<name>)
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "anoncam-consent").write_bytes(key.read_bytes())
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    pipe = consent_pipe(g, key_credential="anoncam-consent")
+    assert set(pipe.policy.gallery.people) == {NAME, "cap man"}
+    # enrollment and revocation keep it encrypted
+    r = cli("revoke", "cap man", cfg=cfgs["key"])
+    assert r.returncode == 0 and g.read_bytes().startswith(b"age-encryption.org/")
+    bad = bytearray(g.read_bytes())
+    bad[-20] ^= 1
+    g.write_bytes(bytes(bad))
+    with pytest.raises(GalleryError, match="wrong key, or the file was altered"):
+        consent_pipe(g, key_credential="anoncam-consent")
+    (creds / "anoncam-consent").write_text("not a key\n")
+    with pytest.raises(GalleryError, match="not an age identity"):
+        consent_pipe(g, key_credential="anoncam-consent")

@@ -6,6 +6,7 @@ import gc
 import importlib.util
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -182,14 +183,15 @@ def _reveal_plan(inputs: list[Path], output: Path) -> list[tuple[Path, Path]]:
 
 def cmd_enroll(args) -> int:
     from .consent.enroll import EnrollError, enroll
-    from .consent.gallery import Gallery, GalleryError, default_path
+    from .consent.gallery import GalleryError, default_path, locked, open_gallery
     from .pipeline import Pipeline
     cfg = _config(args)
     path = default_path(cfg)
     try:
-        g = Gallery.load(path, missing_ok=True)
         pipe = Pipeline.from_config(override(cfg, **{"consent.enabled": False}))
-        n = enroll(pipe, g, args.name, [Path(p) for p in args.inputs], cfg.consent.threshold)
+        with locked(path):
+            g = open_gallery(cfg, missing_ok=True)
+            n = enroll(pipe, g, args.name, [Path(p) for p in args.inputs], cfg.consent.threshold)
     except (EnrollError, GalleryError) as e:
         print(f"anoncam enroll: {e}", file=sys.stderr)
         return 2
@@ -198,24 +200,54 @@ def cmd_enroll(args) -> int:
 
 
 def cmd_consent(args) -> int:
-    from .consent.gallery import Gallery, GalleryError, default_path
-    path = default_path(_config(args))
+    from .consent.gallery import Gallery, GalleryError, default_path, gallery_key, locked, open_gallery
+    cfg = _config(args)
+    path = default_path(cfg)
     try:
-        g = Gallery.load(path, missing_ok=args.action == "list")
+        if args.action == "keygen":
+            return _consent_keygen(args.name)
+        with locked(path):
+            if args.action == "encrypt":
+                key = gallery_key(cfg.consent)
+                if key is None:
+                    raise GalleryError("encrypt: set consent.key_credential or consent.key_file first")
+                g = Gallery.load(path)
+                g.key = key
+                g.save()
+                print(f"encrypted {path}", file=sys.stderr)
+                return 0
+            g = open_gallery(cfg, missing_ok=args.action == "list")
+            if args.action == "list":
+                for name, p in sorted(g.people.items()):
+                    print(f"{name}\tconsented {p.consented}\t{len(p.embeddings)} embedding(s)")
+                return 0
+            if not args.name or not g.revoke(args.name):
+                print(f"anoncam consent: {args.name!r} is not enrolled in {path}", file=sys.stderr)
+                return 2
     except GalleryError as e:
         print(f"anoncam consent: {e}", file=sys.stderr)
         return 2
-    if args.action == "list":
-        for name, p in sorted(g.people.items()):
-            print(f"{name}\tconsented {p.consented}\t{len(p.embeddings)} embedding(s)")
-        return 0
-    if not args.name or args.name not in g.people:
-        print(f"anoncam consent: {args.name!r} is not enrolled in {path}", file=sys.stderr)
-        return 2
-    del g.people[args.name]
-    g.save()
     print(f"revoked {args.name!r}: removed from {path} (a running camera drops it within a frame)",
           file=sys.stderr)
+    return 0
+
+
+def _consent_keygen(out: str | None) -> int:
+    """A new age identity for the gallery, written to `out` with mode 0600 (never printed)."""
+    import pyrage
+    if not out:
+        print("anoncam consent keygen: give the FILE to write the key to", file=sys.stderr)
+        return 2
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as e:
+        print(f"anoncam consent keygen: {out}: {e.strerror} (an existing key is never overwritten)",
+              file=sys.stderr)
+        return 2
+    with os.fdopen(fd, "w") as f:
+        f.write(str(pyrage.x25519.Identity.generate()) + "\n")
+    print(f"wrote {out} (mode 0600); point consent.key_file at it, or LoadCredential= it into the unit "
+          "and set consent.key_credential", file=sys.stderr)
     return 0
 
 
@@ -292,13 +324,17 @@ def cmd_eval(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     opts = ev.Options(methods=methods, out=Path(args.out), orl_people=args.orl_people,
                       franck_frames=args.franck_frames, threads=args.threads, config=load(args.config),
-                      progress=True, keys=args.keys, realism=args.realism)
+                      progress=True, keys=args.keys, realism=args.realism, consent=args.consent)
     rep = ev.run(opts)
     for name, m in rep["methods"].items():
         o = m.get("orl") or {}
         state = ("not available: " + m["reason"]) if not m["available"] else (
             f"rank-1 {100 * (o.get('rank1_key_mean') or o['rank1']):.1f} %, YuNet finds {100 * o['yunet_found']:.1f} %" if o else m["error"])
         print(f"{name:11} {state}", file=sys.stderr)
+    if rep.get("consent"):
+        t = rep["consent"]["impostor_total"]
+        print(f"consent: {t['shown']} of {t['trials']} impostor trials shown (upper 95 % {t['upper95']:.1e})",
+              file=sys.stderr)
     print(f"report: {Path(args.out) / 'report.md'}", file=sys.stderr)
     failed = [n for n, m in rep["methods"].items() if m["available"] and m.get("error")]
     return 1 if failed else 0
@@ -351,9 +387,10 @@ def parser() -> argparse.ArgumentParser:
     n.add_argument("--config", help="YAML config file")
     n.set_defaults(fn=cmd_enroll)
 
-    o = sub.add_parser("consent", help="consent: list enrolled people or revoke one")
-    o.add_argument("action", choices=["list", "revoke"])
-    o.add_argument("name", nargs="?", help="revoke: the person to remove")
+    o = sub.add_parser("consent", help="consent: list enrolled people, revoke one, or encrypt the gallery")
+    o.add_argument("action", choices=["list", "revoke", "keygen", "encrypt"], help=(
+        "keygen FILE: a new gallery key (mode 0600); encrypt: encrypt a plain gallery with the configured key"))
+    o.add_argument("name", nargs="?", help="revoke: the person to remove; keygen: the key file to write")
     o.add_argument("--gallery", metavar="FILE", help="gallery file (default as for enroll)")
     o.add_argument("--config", help="YAML config file")
     o.set_defaults(fn=cmd_consent)
@@ -402,6 +439,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--realism", action="store_true", help=(
         "also the realism section: detail, seam, real-vs-anonymized AUC, face-api re-ID, flicker and "
         "contact sheets of held-out faces (realism_faces.png, realism_clips.png; ~3 min more)"))
+    e.add_argument("--consent", action="store_true", help=(
+        "also the consent section for the config's consent settings: false-exempt rate with its upper 95 % "
+        "bound, miss rate and time to exempt (embeddings cached after the first run, ~15 min)"))
     e.set_defaults(fn=cmd_eval)
     from . import bench
     bench.add_parser(sub)  # `anoncam bench`

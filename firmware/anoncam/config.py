@@ -255,11 +255,22 @@ class ConsentConfig(Strict):
     margin: float = Field(0.05, ge=0, lt=1, description="Video: cosine margin over the next enrolled person.")
     still_threshold: float = Field(0.5, gt=0, lt=1, description="Stills (one match): cosine a match needs.")
     still_margin: float = Field(0.1, ge=0, lt=1, description="Stills: margin over the next enrolled person.")
-    recheck_every: int = Field(1, ge=1, le=100, description=(
-        "An exempt track is matched again every this many detected frames (1: every one)."))
+    recheck_every: int = Field(20, ge=1, le=100, description=(
+        "An exempt track is matched again every this many detected frames (1: every one); the size "
+        "and position checks run on every frame. A recheck not in after twice this covers the face."))
     max_size_change: float = Field(0.25, gt=0, lt=1, description=(
         "A box whose long side changes by more than this fraction between detected frames starts over."))
+    max_move: float = Field(0.5, gt=0, le=5, description=(
+        "A box whose centre moves by more than this fraction of its long side between detected frames "
+        "starts over."))
+    worker: bool = Field(True, description=(
+        "Video: the embedding runs in a worker thread beside the frame loop (the loop only crops); a "
+        "face stays anonymized until its K matches are in. false: in the loop (stills always are)."))
     publish_names: bool = Field(False, description="MQTT: the exempt event carries the enrolled name.")
+    key_credential: str | None = Field(None, description=(
+        "Encrypt the gallery (age) with the identity in this systemd credential (LoadCredential=)."))
+    key_file: Path | None = Field(None, description=(
+        "Encrypt the gallery with the identity in this file (mode 0600); the credential wins."))
 
 
 class Config(Strict):

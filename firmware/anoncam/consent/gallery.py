@@ -2,6 +2,12 @@
 
 One JSON file, mode 0600, written atomically. Its header names the embedding model (manifest name and
 sha256): a gallery from another model is refused, as is a corrupt or group/world-readable file.
+
+Optionally encrypted: with `consent.key_credential` (a systemd credential) or `consent.key_file`
+holding an age X25519 identity (AGE-SECRET-KEY-1..., `anoncam consent keygen`), the file is age
+(X25519 + ChaCha20-Poly1305) encrypted to that identity; without the key it cannot be read, and a
+wrong key or an altered file is refused. With a key configured a plain-text gallery is refused too
+(`anoncam consent encrypt` converts one).
 """
 from __future__ import annotations
 
@@ -12,14 +18,21 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import fcntl
+from contextlib import contextmanager
+
 import numpy as np
+import pyrage
 
 from .. import assets
+from ..secrets import SecretError, read_secret
 
 FORMAT = "anoncam-consent-gallery"
 VERSION = 1
 DIM = 128
 FILE_NAME = "consent.json"
+AGE_MAGIC = b"age-encryption.org/"
+MAX_BYTES = 64 << 20
 
 
 class GalleryError(RuntimeError):
@@ -37,6 +50,40 @@ def default_path(cfg) -> Path:
     return Path(c.gallery) if c.gallery else Path(cfg.output.dir) / cfg.camera.name / FILE_NAME
 
 
+def gallery_key(cc) -> pyrage.x25519.Identity | None:
+    """The age identity from consent.key_credential / consent.key_file, or None (plain text)."""
+    if cc.key_credential is None and cc.key_file is None:
+        return None
+    try:
+        text = read_secret(file=cc.key_file, credential=cc.key_credential)
+    except SecretError as e:
+        raise GalleryError(f"consent gallery key: {e}") from None
+    try:
+        return pyrage.x25519.Identity.from_str(text.strip())
+    except Exception:
+        raise GalleryError("consent gallery key: not an age identity (AGE-SECRET-KEY-1...; "
+                           "`anoncam consent keygen FILE` makes one)") from None
+
+
+def open_gallery(cfg, missing_ok: bool = False) -> Gallery:
+    """The configured gallery (default_path), decrypted with the configured key if any."""
+    return Gallery.load(default_path(cfg), missing_ok, gallery_key(cfg.consent))
+
+
+@contextmanager
+def locked(path: Path):
+    """Hold an exclusive lock beside the gallery while it is read, changed and written (enroll,
+    revoke from the CLI and from MQTT): a revocation is never lost to a concurrent enrollment."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class Person:
     embeddings: np.ndarray  # n x 128, unit length
@@ -47,29 +94,49 @@ class Person:
 class Gallery:
     path: Path
     people: dict[str, Person] = field(default_factory=dict)
+    key: pyrage.x25519.Identity | None = None  # set: the file is age-encrypted to it
 
     @classmethod
-    def load(cls, path: Path, missing_ok: bool = False) -> Gallery:
+    def load(cls, path: Path, missing_ok: bool = False, key: pyrage.x25519.Identity | None = None) -> Gallery:
         path = Path(path)
         try:
             st = path.stat()
         except FileNotFoundError:
             if missing_ok:
-                return cls(path)
+                return cls(path, key=key)
             raise GalleryError(f"{path}: no consent gallery (anoncam enroll makes one)") from None
         if st.st_mode & 0o077:
             raise GalleryError(f"{path}: mode {stat.S_IMODE(st.st_mode):04o} lets others read it; "
                                "refused (chmod 600)")
         try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
+            with open(path, "rb") as f:
+                raw = f.read(MAX_BYTES + 1)
+        except OSError as e:
+            raise GalleryError(f"{path}: cannot read the consent gallery ({e.strerror})") from None
+        if len(raw) > MAX_BYTES:
+            raise GalleryError(f"{path}: larger than {MAX_BYTES >> 20} MB; not a consent gallery")
+        if raw.startswith(AGE_MAGIC):
+            if key is None:
+                raise GalleryError(f"{path}: the consent gallery is encrypted and no key is configured "
+                                   "(consent.key_credential or consent.key_file)")
+            try:
+                raw = pyrage.decrypt(raw, [key])
+            except pyrage.DecryptError:
+                raise GalleryError(f"{path}: cannot decrypt the consent gallery: wrong key, or the file "
+                                   "was altered") from None
+        elif key is not None:
+            raise GalleryError(f"{path}: the consent gallery is not encrypted but a key is configured; "
+                               "refused (`anoncam consent encrypt` encrypts it)")
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except ValueError as e:
             raise GalleryError(f"{path}: corrupt consent gallery ({type(e).__name__})") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != VERSION:
             raise GalleryError(f"{path}: not an anoncam consent gallery (version {VERSION})")
         if data.get("model") != model_id():
             raise GalleryError(f"{path}: made with another embedding model ({_model_name(data)}); this "
                                f"camera uses sface {model_id()['sha256'][:12]}: enroll the people again")
-        g = cls(path)
+        g = cls(path, key=key)
         try:
             for name, p in data["people"].items():
                 e = np.asarray(p["embeddings"], np.float32)
@@ -86,16 +153,27 @@ class Gallery:
                 "people": {n: {"consented": p.consented,
                                "embeddings": [[round(float(x), 6) for x in row] for row in p.embeddings]}
                            for n, p in sorted(self.people.items())}}
+        blob = json.dumps(data).encode()
+        if self.key is not None:
+            blob = pyrage.encrypt(blob, [self.key.to_public()])
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.part")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.fchmod(fd, 0o600)
-            os.write(fd, json.dumps(data).encode())
+            os.write(fd, blob)
             os.fsync(fd)
         finally:
             os.close(fd)
         tmp.replace(self.path)
+
+    def revoke(self, name: str) -> bool:
+        """Remove `name` and save; False (nothing written) when not enrolled."""
+        if name not in self.people:
+            return False
+        del self.people[name]
+        self.save()
+        return True
 
     def add(self, name: str, embeddings: np.ndarray) -> None:
         self.people[name] = Person(np.asarray(embeddings, np.float32), datetime.date.today().isoformat())

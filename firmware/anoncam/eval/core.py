@@ -49,6 +49,7 @@ class Options:
     progress: bool = False
     keys: int = 1          # identity keys per key-dependent method (generative): rank-1 per key
     realism: bool = False  # the realism section (realism_run.py): held-out faces, face-api, clips
+    consent: bool = False  # the consent section (consent.py): false exempts, misses, time to exempt
 
 
 def known_methods() -> list[str]:
@@ -154,8 +155,12 @@ def evaluate(opts: Options) -> dict:
     if opts.realism:
         from . import realism_run
         realism = realism_run.run(inst, runs, opts)
+    consent = None
+    if opts.consent:
+        from . import consent as consent_eval
+        consent = consent_eval.run(cfg.consent)
     return {"runs": runs, "unavailable": unavailable, "orl": orl_info, "franck": franck_info,
-            "sheet": sheet_rows, "options": opts, "config": cfg, "realism": realism}
+            "sheet": sheet_rows, "options": opts, "config": cfg, "realism": realism, "consent": consent}
 
 
 def _fail(run: MethodRun, e: Exception) -> None:

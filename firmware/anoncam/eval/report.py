@@ -80,6 +80,8 @@ def build(result: dict) -> dict:
         from . import realism_run
         rep["realism"] = realism_run.summary(result["realism"])
         rep["figures"].update(realism_faces=realism_run.FACES_PNG, realism_clips=realism_run.CLIPS_PNG)
+    if result.get("consent"):  # `--consent` (consent.py)
+        rep["consent"] = result["consent"]
     return rep
 
 
@@ -214,6 +216,9 @@ def markdown(rep: dict) -> str:
     if rep.get("realism"):
         from . import realism_run
         lines += realism_run.markdown(rep["realism"])
+    if rep.get("consent"):
+        from . import consent
+        lines += consent.markdown(rep["consent"])
     return "\n".join(lines)
 
 

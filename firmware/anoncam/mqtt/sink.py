@@ -27,6 +27,10 @@ class MqttSink:
                                m.spool.dir or Path(cfg.output.dir) / camera / "mqtt-spool")
         self.publisher = Publisher(m, camera, self.topics, self.conn, control)
         self.commands = CommandDispatcher(self.topics, control, self._refused) if m.commands else None
+        self.revoke = None  # consent/revoke NAME (consent/command.py)
+        if m.commands and cfg.consent.enabled:
+            from ..consent.command import RevokeCommand
+            self.revoke = RevokeCommand(cfg, self.topics.base)
         control.subscribe(self.publisher.changed)
         self.conn.start(self._on_connect, self._on_message)
 
@@ -58,11 +62,17 @@ class MqttSink:
         self.publisher.on_connect()
         if self.commands is not None:
             self.conn.subscribe(self.topics.commands)
+        if self.revoke is not None:
+            self.conn.subscribe(self.revoke.topic)
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         if topic == self.publisher.ha_status_topic:
             if payload == b"online" and self.conn.connected:  # Home Assistant restarted
                 self.publisher.ha_online()
+        elif self.revoke is not None and topic == self.revoke.topic:
+            error = self.revoke.handle(payload)
+            if error:
+                self._refused("consent/revoke", "", error)  # the name is never echoed
         elif self.commands is not None:
             self.commands.handle(topic, payload)
 
