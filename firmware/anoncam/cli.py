@@ -44,6 +44,7 @@ def cmd_run(args) -> int:
         from .mqtt.url import parse_url
         cfg = override(cfg, **parse_url(args.mqtt))
     logs.setup(cfg.log.level, cfg.log.format)
+    _output_dirs(cfg)
     runner = Runner(cfg)
     settle()
     notifier = notify.attach(runner)  # systemd: READY=1, WATCHDOG=1, STATUS= from the frame loop
@@ -52,9 +53,43 @@ def cmd_run(args) -> int:
     return 0 if stats.counts["frames"] else 1
 
 
+class UsageError(ValueError):
+    """A path given on the command line or in the config cannot be used (exit 2)."""
+
+
+def _output_dirs(cfg: Config) -> None:
+    """Create the folders `run` writes to (0750, as the sinks would), or stop with the key and path."""
+    from .sinks.files import private_dir
+    dirs = [("output.dir", Path(cfg.output.dir) / cfg.camera.name)]
+    if cfg.mqtt.enabled:
+        dirs.append(("mqtt.spool.dir", Path(cfg.mqtt.spool.dir or dirs[0][1] / "mqtt-spool")))
+    for key, d in dirs:
+        try:
+            private_dir(d)
+            if not d.is_dir():
+                raise NotADirectoryError(20, "not a folder", str(d))
+        except OSError as e:
+            raise UsageError(f"{key}: cannot use {e.filename or d} as a folder: {e.strerror or e}") from None
+
+
+def _stats_path(path: str | None) -> Path | None:
+    """--stats FILE, checked before any work: a folder or a missing parent is a usage error."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_dir() or not p.parent.is_dir():
+        raise UsageError(f"--stats {path}: must be a file in an existing folder")
+    return p
+
+
 def cmd_anonymize(args) -> int:
-    from .offline import InputError, anonymize_paths
+    from .offline import InputError, anonymize_paths, plan
     from .pipeline import Pipeline
+    stats_path = _stats_path(args.stats)
+    try:
+        plan([Path(p) for p in args.inputs], Path(args.output))  # bad paths stop before the models load
+    except InputError as e:
+        raise UsageError(str(e)) from None
     cfg = _config(args)
     logs.setup(cfg.log.level, cfg.log.format)
     # With 2+ threads, videos decode and detect in a second thread ahead of the rest, and each
@@ -79,10 +114,14 @@ def cmd_anonymize(args) -> int:
     s = report.stats.counts
     print(f"written {len(report.written)} file(s), failed {len(report.failed)}; frames {s['frames']}, "
           f"faces {s['faces']}, covered {s['covered']}, dropped {s['dropped']}", file=sys.stderr)
-    if args.stats:
+    if stats_path is not None:
         summary = report.stats.summary()
         summary["wall_s"] = round(time.monotonic() - report.stats.started, 3)
-        Path(args.stats).write_text(json.dumps(summary, indent=2))
+        try:
+            stats_path.write_text(json.dumps(summary, indent=2))
+        except OSError as e:
+            print(f"anoncam: --stats {stats_path}: {e.strerror or e}", file=sys.stderr)
+            return 1
     return 1 if report.failed else 0
 
 
@@ -460,6 +499,9 @@ def main(argv: list[str] | None = None) -> int:
     except assets.AssetError as e:
         print(f"anoncam: model error: {e}", file=sys.stderr)
         return 3
+    except UsageError as e:
+        print(f"anoncam: {e}", file=sys.stderr)
+        return 2
     except ValueError as e:
         from .keys import OwnerKeyError
         if not isinstance(e, OwnerKeyError):

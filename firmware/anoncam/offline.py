@@ -9,6 +9,8 @@ left under an output name unless it was completely written. Frames go through th
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from .capture import IMAGE_EXT, VIDEO_EXT, SourceError
 from .capture.files import VideoFileSource, still
 from .loop import FrameLoop
 from .pipeline import Pipeline
-from .sinks.files import ImageFileSink, VideoFileSink
+from .sinks.files import ImageFileSink, VideoFileSink, private_dir
 from .stats import Stats
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ def plan(inputs: list[Path], output: Path) -> list[tuple[Path, Path]]:
             raise InputError(f"{src}: not an image or video file")
         if kind_of(output) != kind_of(src):
             raise InputError(f"{output}: output must be a {kind_of(src)} file like the input")
-        return [(src, output)]
+        return _checked([(src, output)])
     pairs = []
     for p in inputs:
         if p.is_dir():
@@ -64,6 +66,23 @@ def plan(inputs: list[Path], output: Path) -> list[tuple[Path, Path]]:
             raise InputError(f"{p}: not an image or video file")
     if not pairs:
         raise InputError("no image or video files in the inputs")
+    return _checked(pairs)
+
+
+def _checked(pairs: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
+    """Refuse an output that is an input (however spelled: another path, a symlink, a hard link: an
+    original is never overwritten) and create the output folders (0750) before any work."""
+    for src, dst in pairs:
+        if dst.exists() and (dst.is_dir() or os.path.samefile(src, dst)):
+            why = "is a folder" if dst.is_dir() else f"is the input {src} (an original is never overwritten)"
+            raise InputError(f"{dst}: {why}")
+    for parent in sorted({dst.parent for _, dst in pairs}):
+        try:
+            private_dir(parent)
+            with tempfile.TemporaryFile(dir=parent):  # writable (root may "access" /proc but not write it)
+                pass
+        except OSError as e:
+            raise InputError(f"output folder {parent}: cannot write there: {e.strerror or e}") from None
     return pairs
 
 

@@ -10,18 +10,52 @@ import numpy as np
 from . import IMAGE_EXT, Frame, SourceError
 
 
-def is_truncated_jpeg(data: bytes) -> bool:
-    """libjpeg decodes a cut-off JPEG with a warning and grey rows; catch it by the missing EOI."""
-    return data[:2] == b"\xff\xd8" and data.rstrip(b"\x00\r\n ")[-2:] != b"\xff\xd9"
+def jpeg_end(data: bytes) -> int | None:
+    """The length of the JPEG at the start of `data` up to and including its EOI marker, or None when
+    it is cut off before one. Walks the marker segments (so an EXIF thumbnail's EOI is skipped) and the
+    entropy-coded data after each SOS (where 0xFF is followed only by 0x00 or a restart marker), so
+    trailing data after the EOI (a motion photo's video) is found and left out."""
+    i, n = 2, len(data)
+    while i + 1 < n:
+        if data[i] != 0xFF:
+            return None  # not a marker where one must be: damaged
+        m = data[i + 1]
+        if m == 0xFF:  # fill byte
+            i += 1
+            continue
+        if m == 0xD9:
+            return i + 2
+        if m == 0x01 or 0xD0 <= m <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        if i + 3 >= n:
+            return None
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        if m == 0xDA:  # SOS: scan entropy-coded data up to the next marker
+            while True:
+                j = data.find(b"\xff", i)
+                if j < 0 or j + 1 >= n:
+                    return None
+                if data[j + 1] == 0x00 or 0xD0 <= data[j + 1] <= 0xD7:
+                    i = j + 2
+                    continue
+                i = j
+                break
+    return None
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Decode an image file to BGR uint8; raise ValueError with the reason when it cannot be."""
+    """Decode an image file to BGR uint8; raise ValueError with the reason when it cannot be. A JPEG
+    must be complete (libjpeg decodes a cut-off one with a warning and grey rows); data after its end
+    (a motion photo's video) is left out."""
     data = path.read_bytes()
     if not data:
         raise ValueError(f"{path}: empty file")
-    if is_truncated_jpeg(data):
-        raise ValueError(f"{path}: truncated JPEG")
+    if data[:2] == b"\xff\xd8":
+        end = jpeg_end(data)
+        if end is None:
+            raise ValueError(f"{path}: truncated JPEG (no end marker)")
+        data = data[:end]
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise ValueError(f"{path}: not a readable image")
@@ -45,6 +79,11 @@ class ImagesSource:
         self.files = list_images(path)
         if not self.files:
             raise SourceError(f"{path}: no images")
+        if not path.is_dir():  # one image: unreadable is an error, not a stream of dropped frames
+            try:
+                read_image(path)
+            except (OSError, ValueError) as e:
+                raise SourceError(f"source {e}") from None
         self.loop, self.fps = loop, fps or 1.0
 
     def __iter__(self):
@@ -69,19 +108,23 @@ MAX_MISSES = 25  # undecodable frames in a row inside a stream before it counts 
 
 def read_frames(cap, first: np.ndarray, expected: int):
     """The frames of an open capture, `first` already read; an undecodable frame inside the stream
-    comes as None (up to MAX_MISSES in a row; none past the container's frame count)."""
+    comes as None (up to MAX_MISSES in a row), but only once a later frame decodes: failed reads at
+    the end are the end, so a file gives exactly the frames it decodes to, whatever the container's
+    frame count estimates (a variable-frame-rate clip's guess from duration x rate can be higher).
+    Reading stops at the first failure at or past `expected` (none past the container's count)."""
     yield first
     i, misses = 1, 0
     while True:
         ok, frame = cap.read()
         if ok and frame is not None:
+            for _ in range(misses):
+                yield None
             misses = 0
             yield frame
-        elif i >= expected or misses >= MAX_MISSES:
+        elif i >= expected or misses + 1 >= MAX_MISSES:
             return
         else:
             misses += 1
-            yield None
         i += 1
 
 
