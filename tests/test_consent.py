@@ -229,3 +229,63 @@ def test_encrypted_gallery(gallery_file, tmp_path, monkeypatch):
     (creds / "anoncam-consent").write_text("not a key\n")
     with pytest.raises(GalleryError, match="not an age identity"):
         consent_pipe(g, key_credential="anoncam-consent")
+
+
+def test_worker_results_voided_by_a_break_and_a_jump_covers(gallery_file, clips):
+    """The worker's results only count while the track's continuity holds since the crop: a coasting
+    frame between the crop and its result voids it (K fresh results needed). An exempt face whose box
+    jumps by more than max_move of its size is covered on that very frame."""
+    pipe = consent_pipe(gallery_file)
+    pol = pipe.policy
+    assert pol.worker is not None
+    start = 3600
+    faces = []
+    for i in range(start, start + 12):
+        img = clips["franck"][i]
+        fs = pipe._faces(img, i, None, False, {}, pipe.detect(img, i))
+        assert len(fs) == 1 and fs[0].landmarks is not None
+        faces.append((img, fs[0]))
+
+    def step(j, detected=True, shift=0.0, drain=True):
+        img, f = faces[j]
+        f.detected, f.method = detected, None
+        f.box = f.box.copy()
+        f.box[[0, 2]] += shift * float(f.box[2] - f.box[0])
+        pol.decide(img, [f], {})
+        if drain:
+            pol.drain()
+        return f.method is None
+
+    step(0, drain=False)  # a crop goes to the worker ...
+    assert not step(1, detected=False)  # ... the track coasts before its result is in
+    shown = [step(j) for j in range(2, 2 + K + 1)]
+    assert shown == [False] * K + [True]  # the result in flight counted for nothing
+    assert step(K + 3) and not step(K + 4, shift=0.8)  # a jump: covered at once, and starts over
+    assert not any(step(j) for j in range(K + 5, K + 5 + K))
+
+
+def test_eval_replay_is_the_camera_rule(gallery_file, clips):
+    """`anoncam eval --consent` replays the policy's rule on cached embeddings (eval/consent.py): on
+    the same real faces it shows exactly what ConsentPolicy shows (checks in the loop, a recheck every
+    5 frames, a 20-frame gap in the middle: coasting, then a new track)."""
+    from anoncam.eval.consent import replay
+    pipe = consent_pipe(gallery_file, worker=False, recheck_every=5)
+    pol = pipe.policy
+    start = 3600
+    frames = list(clips["franck"][start:start + 70])
+    frames[30:50] = [np.full_like(frames[0], 128)] * 20
+    rows, camera = [], []
+    for i, img in enumerate(frames):
+        fs = pipe._faces(img, i, None, False, {}, pipe.detect(img, i))
+        for f in fs:
+            ok = f.detected and f.landmarks is not None
+            e = pol.embedder.embed(img, f.landmarks) if ok else np.zeros(128, np.float32)
+            rows.append([i, f.track_id, float(ok), float(max(f.box[2:] - f.box[:2])), *e])
+        pol.decide(img, fs, {})
+        camera += [f.method is None for f in fs]
+    rows = np.array(rows, np.float32)
+    gal = {n: p.embeddings for n, p in pol.gallery.people.items()}
+    cc = pol.cc
+    shown = replay(rows, gal, cc.k, cc.threshold, cc.margin, cc.recheck_every, 0)
+    assert sum(camera) >= 40 and not all(camera)
+    assert shown.tolist() == camera
