@@ -12,14 +12,13 @@ wrong key or an altered file is refused. With a key configured a plain-text gall
 from __future__ import annotations
 
 import datetime
+import fcntl
 import json
 import os
 import stat
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import fcntl
-from contextlib import contextmanager
 
 import numpy as np
 import pyrage
