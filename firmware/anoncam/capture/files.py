@@ -56,7 +56,10 @@ def read_image(path: Path) -> np.ndarray:
         if end is None:
             raise ValueError(f"{path}: truncated JPEG (no end marker)")
         data = data[:end]
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as e:  # a codec that raises instead of returning None (e.g. over the pixel limit)
+        raise ValueError(f"{path}: not a readable image ({str(e).strip().splitlines()[-1][:200]})") from None
     if img is None:
         raise ValueError(f"{path}: not a readable image")
     return img
