@@ -29,6 +29,8 @@ class RevokeCommand:
         self._count += 1
         if self._count > RATE:
             return f"more than {RATE} revoke commands a second; dropped"
+        if len(payload) > 400:  # 100 characters of UTF-8 at most
+            return "the payload must be the enrolled name (1-100 characters)"
         try:
             name = payload.decode("utf-8").strip()
         except UnicodeDecodeError:
