@@ -168,8 +168,8 @@ class Commands:
         self.control = Control(validate({}), state_dir=folder, methods=["blur", "pixelate", "solid"])
         self.errors: list[tuple] = []
         clock = itertools.count(0.0, 1.0)
-        self.d = CommandDispatcher(Topics("anoncam", "cam0"), self.control,
-                                   lambda *a, **k: self.errors.append(a), clock=lambda: next(clock))
+        self.d = CommandDispatcher(Topics("anoncam", "cam0"), self.control, lambda *a, **k: self.errors.append(a))
+        self.d.clock = lambda: next(clock)
 
     def check(self, topic: str, payload: bytes) -> str:
         self.errors.clear()

@@ -73,3 +73,29 @@ def test_command_flood_does_not_push_out_events(media, tmp_path, cli_env, broker
     assert open_ == set(), "a track's end event was lost"
     assert sub.last(f"{BASE}/method/state") not in (None, "") and not sub.last(f"{BASE}/method/state").startswith("sparkle")
     assert RATE <= 10
+
+
+def test_rate_limit_per_setting_and_the_dropped_report(tmp_path):
+    """The dispatcher on its own with a real Control and a clock the test moves: a burst reaches the
+    Control only up to BURST per setting, the rest is reported once, with its count."""
+    from anoncam.config import validate
+    from anoncam.control import Control
+    from anoncam.mqtt.commands import BURST, CommandDispatcher
+    from anoncam.mqtt.topics import Topics
+    control = Control(validate({}), state_dir=tmp_path, methods=["blur", "solid"])
+    errors = []
+    d = CommandDispatcher(Topics("anoncam", "door"), control, lambda *a, **k: errors.append((a, k)))
+    now = [time.monotonic()]
+    d.clock = lambda: now[0]
+    for _ in range(100):
+        d.handle(f"{BASE}/method/set", b"sparkle")
+    d.handle(f"{BASE}/enabled/set", b"OFF")  # another setting has its own budget
+    assert len(errors) == BURST and d.counts == {"accepted": 1, "refused": BURST, "dropped": 100 - BURST}
+    d.flush()
+    assert len(errors) == BURST, "the report waits a second"
+    now[0] += 1.0
+    d.flush()
+    assert errors[-1][0][0] == "method" and errors[-1][1] == {"dropped": 100 - BURST}
+    d.handle(f"{BASE}/method/set", b"solid")  # a second later the setting takes commands again
+    control.apply_pending()
+    assert (control.method, control.enabled) == ("solid", False)

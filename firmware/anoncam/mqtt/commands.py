@@ -47,13 +47,13 @@ class Bucket:
 
 
 class CommandDispatcher:
-    def __init__(self, topics: Topics, control: Control,
-                 on_error: Callable[..., None], clock: Callable[[], float] = time.monotonic):
+    def __init__(self, topics: Topics, control: Control, on_error: Callable[..., None]):
         """on_error(setting, payload, error, dropped=0)."""
-        self.topics, self.control, self.on_error, self.clock = topics, control, on_error, clock
+        self.topics, self.control, self.on_error = topics, control, on_error
+        self.clock: Callable[[], float] = time.monotonic  # the rate limit's clock
         self._buckets: dict[str, Bucket] = {}
         self._dropped: dict[str, int] = {}  # over the rate since the last flush, by budget
-        self._flushed = clock()
+        self._flushed = self.clock()
         self._lock = threading.Lock()
         self.counts = {"accepted": 0, "refused": 0, "dropped": 0}
 
