@@ -37,6 +37,8 @@ class CameraConfig(Strict):
     width: int | None = Field(None, gt=0, description="Requested capture width (devices, picamera2).")
     height: int | None = Field(None, gt=0, description="Requested capture height (devices, picamera2).")
     lores_width: int = Field(320, gt=0, description="picamera2: width of the lores stream used for detection.")
+    read_timeout_s: float = Field(10.0, gt=0, le=300, description=(
+        "URL cameras: opening or reading longer than this gives up and reconnects (with backoff)."))
 
 
 class DetectConfig(Strict):
@@ -153,6 +155,9 @@ class RuntimeConfig(Strict):
         "detector on LiteRT instead of onnxruntime; with litert_delegate: edgetpu it runs on the Edge TPU."))
     detector_tflite_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description=(
         "sha256 of runtime.detector_tflite; when set, a file with another sha256 stops start-up (exit 3)."))
+    stop_timeout_s: float = Field(5.0, gt=0, le=600, description=(
+        "`anoncam run`: SIGTERM/SIGINT ends the process within this long in any camera state (the open "
+        "segment finished first; what is left waiting, e.g. MQTT delivery, is cut short)."))
 
 
 class LogConfig(Strict):

@@ -1,8 +1,13 @@
 """The daemon: the camera source through the frame loop (anoncam/loop.py) into the sinks, until the
-source ends, max_frames, or SIGINT/SIGTERM; MQTT commands are applied between frames."""
+source ends, max_frames, or SIGINT/SIGTERM; MQTT commands are applied between frames.
+
+Stop is bounded: SIGTERM interrupts a waiting source, the frame in hand is finished, the disk sink
+closes its segment, the other sinks get what is left of runtime.stop_timeout_s; a timer ends the
+process at stop_timeout_s whatever still runs (the open segment is crash-safe, see sinks/disk.py)."""
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import signal
 import sys
@@ -50,6 +55,7 @@ class Runner:
         self.loop = FrameLoop(self.pipeline, self.sinks, keep_going=True)
         self.stats = self.loop.stats
         self.stop_event = threading.Event()
+        self._hard_stop = False
         self.on_frame = self.loop.on_frame  # (result, stats) after the sinks, e.g. the systemd watchdog
         self.loop.before_frame = self._between_frames
         self.loop.output_on = lambda: self.output_enabled
@@ -62,7 +68,45 @@ class Runner:
             self.on_frame.append(mqtt.on_frame)
 
     def stop(self, *_args) -> None:
+        """SIGTERM/SIGINT (or a caller): end the run within runtime.stop_timeout_s."""
+        if self.stop_event.is_set():
+            return
         self.stop_event.set()
+        self._stop_deadline = time.monotonic() + self.cfg.runtime.stop_timeout_s
+        interrupt = getattr(self.source, "interrupt", None)
+        if interrupt is not None:
+            interrupt()  # a live source waiting for its camera returns now
+        if self._hard_stop:
+            t = threading.Timer(self.cfg.runtime.stop_timeout_s, self._stop_overdue)
+            t.daemon = True
+            t.start()
+
+    def _stop_overdue(self) -> None:
+        log.error("stop took longer than runtime.stop_timeout_s (%g s): exiting now",
+                  self.cfg.runtime.stop_timeout_s)
+        logging.shutdown()
+        os._exit(0)
+
+    def _close_sinks(self) -> None:
+        """The disk sink first (it finishes the segment); the others within what is left of the budget."""
+        deadline = getattr(self, "_stop_deadline", None)
+        for sink in sorted(self.sinks, key=lambda s: not isinstance(s, DiskSink)):
+            left = None if deadline is None else deadline - time.monotonic()
+            if isinstance(sink, DiskSink) or left is None:
+                self._close(sink)
+                continue
+            t = threading.Thread(target=self._close, args=(sink,), name="sink-close", daemon=True)
+            t.start()
+            t.join(max(0.0, left - 0.5))
+            if t.is_alive():
+                log.warning("closing %s cut short by runtime.stop_timeout_s", type(sink).__name__)
+
+    @staticmethod
+    def _close(sink) -> None:
+        try:
+            sink.close()
+        except Exception as e:
+            log.error("closing sink %s failed: %s", type(sink).__name__, e)
 
     @property
     def output_enabled(self) -> bool:
@@ -80,19 +124,16 @@ class Runner:
 
     def run(self, max_frames: int | None = None) -> Stats:
         no_core_dumps()
-        old = {s: signal.signal(s, self.stop) for s in (signal.SIGINT, signal.SIGTERM)} \
-            if threading.current_thread() is threading.main_thread() else {}
+        main = threading.current_thread() is threading.main_thread()
+        self._hard_stop = main  # the process is ours to end only when run from the main thread
+        old = {s: signal.signal(s, self.stop) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
         self._last_summary = time.monotonic()
         log.info("running: source=%s method=%s output=%s", self.cfg.camera.source, self.cfg.anonymize.method,
                  self.cfg.output.dir)
         try:
             self.loop.run(self.source, max_frames, self.stop_event)
         finally:
-            for sink in self.sinks:
-                try:
-                    sink.close()
-                except Exception as e:
-                    log.error("closing sink %s failed: %s", type(sink).__name__, e)
+            self._close_sinks()
             self.source.close()
             for s, h in old.items():
                 signal.signal(s, h)

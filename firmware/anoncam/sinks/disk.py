@@ -4,9 +4,15 @@ Layout: <dir>/<camera>/stills/<camera>_<UTC time>_<frame>.jpg
         <dir>/<camera>/video/<camera>_<UTC time>.mp4
 With an owner key each still and segment has a sealed sidecar NAME.age (anoncam/seal.py), written
 atomically after its media and deleted with it by retention.
+
+Faults (README "Faults"): the open segment is a crash-safe STEM.part.EXT (sinks/files.py VideoFile);
+after SIGKILL or a power cut the next start keeps what of it plays under its final name and logs it
+(its sealed faces were in memory: that segment has no sidecar). A write error (a full disk) ends the
+segment there, keeps what of it plays, and frees space by deleting the oldest output.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 import time
@@ -14,9 +20,12 @@ from pathlib import Path
 
 from ..config import OutputConfig
 from ..types import FrameResult
-from .files import VideoFile, encode_image, private_dir, write_atomic, write_both
+from .files import VideoFile, encode_image, private_dir, recover, write_atomic, write_both
 
 log = logging.getLogger(__name__)
+
+
+FULL_RETRY_S = 2.0  # a full disk is tried again after this long (after retention freed what it could)
 
 
 def _stamp(ts: float) -> str:
@@ -31,27 +40,42 @@ class DiskSink:
         self.stills_dir, self.video_dir = self.root / "stills", self.root / "video"
         for d in (self.stills_dir, self.video_dir):
             private_dir(d)
-            for stale in d.glob("*.part.*"):  # left by a crash; anonymized, but incomplete
-                stale.unlink(missing_ok=True)
-            for stale in d.glob(".*.tmp"):
+            for stale in sorted(d.glob("*.part.*")):  # a segment open at a crash: keep what plays
+                kept = recover(stale)
+                if kept is None:
+                    log.warning("recovery: %s held no playable frame; removed", stale.name)
+                else:
+                    log.warning("recovery: kept %s after a crash (its end may be missing%s)", kept.name,
+                                "; its faces were not sealed" if recipient is not None else "")
+            for stale in d.glob(".*.tmp"):  # a still or sidecar half written at a crash
+                log.warning("recovery: removed the unfinished %s", stale.name)
                 stale.unlink(missing_ok=True)
         self.video: VideoFile | None = None
         self.seal = None  # the open segment's VideoSeal
         self._frames_in_segment = 0
         self._last_still_frame: int | None = None
         self.files_deleted = 0
+        self.write_errors = 0
+        self._hold_until = 0.0  # after a full disk: frames are not written until then (monotonic)
 
     # frames ---------------------------------------------------------------------------------
     def write(self, result: FrameResult) -> None:
+        if time.monotonic() < self._hold_until:
+            return  # the disk was full a moment ago: one attempt per FULL_RETRY_S, not per frame
         try:
             self._write(result)
-        except Exception:
+        except Exception as e:
+            self.write_errors += 1
+            if _is_full(e):
+                self._hold_until = time.monotonic() + FULL_RETRY_S
             # A full disk fails every write, and retention otherwise only runs after a good one:
-            # free space now so the next frame can be written, then report the failure.
+            # end the segment (keeping what plays), free space now so the next frame can be
+            # written, then report the failure.
+            self._salvage_segment()
             try:
-                self.enforce_retention()
-            except OSError as e:
-                log.error("retention failed: %s", e)
+                self.enforce_retention(full=_is_full(e))
+            except OSError as e2:
+                log.error("retention failed: %s", e2)
             raise
 
     def _write(self, result: FrameResult) -> None:
@@ -75,7 +99,7 @@ class DiskSink:
             if self.video is None:
                 name = f"{self.camera}_{_stamp(result.timestamp)}{self.cfg.video.extension}"
                 self.video = VideoFile(self.video_dir / name, self.fps, (img.shape[1], img.shape[0]),
-                                       self.cfg.video.fourcc)
+                                       self.cfg.video.fourcc, crash_safe=True)
                 self._frames_in_segment = 0
                 if self.recipient is not None:
                     from ..seal import VideoSeal
@@ -101,8 +125,26 @@ class DiskSink:
         log.info("segment written: %s (%d frames)", path.name, self._frames_in_segment)
         self.enforce_retention()
 
+    def _salvage_segment(self) -> None:
+        """The open segment after a write error: keep what of it plays, without a sealed sidecar."""
+        video, seal, self.video, self.seal = self.video, self.seal, None, None
+        if video is None:
+            return
+        if seal is not None:
+            seal.abort()
+        kept = video.salvage()
+        if kept is None:
+            log.error("segment %s lost: nothing of it plays", video.path.name)
+        else:
+            log.error("segment %s cut short by a write error (%d frames given)%s", kept.name, video.frames,
+                      "; its faces were not sealed" if seal is not None else "")
+
     def close(self) -> None:
-        self._close_segment()
+        try:
+            self._close_segment()
+        except Exception:
+            self._salvage_segment()
+            raise
 
     # retention ------------------------------------------------------------------------------
     def _outputs(self) -> list[tuple[float, int, Path]]:
@@ -120,16 +162,21 @@ class DiskSink:
                 files.append((st.st_mtime, st.st_size + extra, p))
         return sorted(files)
 
-    def enforce_retention(self) -> None:
-        """Delete the oldest output while over the size cap, older than max age, or short of free space."""
+    def enforce_retention(self, full: bool = False) -> None:
+        """Delete the oldest output while over the size cap, older than max age, or short of free space.
+        `full`: a write failed for want of space: also free room for two files like the largest kept
+        (whatever min_free_bytes says)."""
         r = self.cfg.retention
         files = self._outputs()
         total = sum(s for _, s, _ in files)
+        need = r.min_free_bytes
+        if full:
+            need = max(need, 2 * max((s for _, s, _ in files), default=0), 1 << 20)
         now = time.time()
         for mtime, size, path in files[:-1]:  # the newest file always stays
             free = shutil.disk_usage(self.root).free
             too_old = r.max_age_h is not None and now - mtime > r.max_age_h * 3600
-            if not (total > r.max_bytes or too_old or free < r.min_free_bytes):
+            if not (total > r.max_bytes or too_old or free < need):
                 break
             why = "size cap" if total > r.max_bytes else ("age" if too_old else "free space")
             path.unlink(missing_ok=True)
@@ -137,3 +184,12 @@ class DiskSink:
             total -= size
             self.files_deleted += 1
             log.info("retention (%s): deleted %s", why, path.name)
+
+
+def _is_full(e: BaseException) -> bool:
+    """A write failed for want of space (ENOSPC, EDQUOT, EFBIG), here or in what caused it."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            return True
+        e = e.__cause__ or e.__context__
+    return False

@@ -1,10 +1,11 @@
 """Atomic file writing: stills are written to a hidden temp name in the target folder and renamed;
-videos are written to STEM.part.EXT and renamed when complete. A crash leaves no half file under the
-final name (and what a .part holds is anonymized already). ImageFileSink and VideoFileSink are the
+videos are written to STEM.part.EXT and renamed when complete and read back. A crash leaves no half
+file under the final name (what a .part holds is anonymized already; `recover` keeps what plays). ImageFileSink and VideoFileSink are the
 sinks of `anoncam anonymize`: one output file each."""
 from __future__ import annotations
 
 import os
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -14,6 +15,10 @@ from ..types import FrameResult
 
 FOURCC_BY_EXT = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v",
                  ".webm": "VP80"}
+CODEC_BY_FOURCC = {"mp4v": "mpeg4", "fmp4": "mpeg4", "xvid": "mpeg4", "divx": "mpeg4", "mjpg": "mjpeg",
+                   "avc1": "libx264", "h264": "libx264", "x264": "libx264", "vp80": "libvpx"}
+FORMAT_BY_EXT = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi", ".webm": "webm"}
+FRAGMENTED = {".mp4", ".m4v", ".mov"}  # crash-safe as fragmented MP4; MKV/AVI play without an index
 
 
 def encode_image(img: np.ndarray, ext: str, quality: int = 90) -> bytes:
@@ -73,35 +78,169 @@ def write_both(path: Path, data: bytes, sidecar: Path, sealed: bytes) -> None:
 
 
 class VideoFile:
-    """A video written to STEM.part.EXT (the container follows the extension) and renamed to PATH by commit(); abort() removes it."""
+    """A video written with PyAV to STEM.part.EXT (the container follows the extension) and renamed to
+    PATH by commit() once it reads back; abort() removes it. Every write error raises (a full disk is
+    an OSError, never a silent empty file).
 
-    def __init__(self, path: Path, fps: float, size: tuple[int, int], fourcc: str | None = None):
+    `crash_safe` (the daemon's segments): MP4/MOV are fragmented (a fragment per keyframe, one a
+    second) and the file is fsynced at every fragment, so after SIGKILL or a power cut the .part file
+    plays up to its last complete fragment (`recover` trims the rest); MKV and AVI need no index to
+    play. At most the last second of video (plus the encoder's few frames) is lost."""
+
+    def __init__(self, path: Path, fps: float, size: tuple[int, int], fourcc: str | None = None,
+                 crash_safe: bool = False):
+        import av
         self.path = Path(path)
         self.part = self.path.with_name(f"{self.path.stem}.part{self.path.suffix}")
         private_dir(self.path.parent)
-        code = fourcc or FOURCC_BY_EXT.get(self.path.suffix.lower(), "mp4v")
-        self.writer = cv2.VideoWriter()
-        ok = self.writer.open(str(self.part), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*code), fps, size)
-        if not ok:
+        ext = self.path.suffix.lower()
+        code = fourcc or FOURCC_BY_EXT.get(ext, "mp4v")
+        codec = CODEC_BY_FOURCC.get(code.lower())
+        self.size, self.frames, self.crash_safe = size, 0, crash_safe
+        self.gop = max(1, round(fps))  # a keyframe (and so a fragment) every second
+        options = {}
+        if crash_safe and ext in FRAGMENTED:
+            options["movflags"] = "frag_keyframe+empty_moov+default_base_moof"
+        if crash_safe:
+            options["flush_packets"] = "1"  # each fragment goes to the file as soon as it is cut
+        self._fd = None
+        try:
+            if codec is None:
+                raise ValueError(f"fourcc {code!r} (known: {', '.join(sorted(CODEC_BY_FOURCC))})")
+            self.out = av.open(str(self.part), "w", format=FORMAT_BY_EXT.get(ext, "mp4"),
+                               container_options=options)
+            self.stream = self.out.add_stream(codec, rate=Fraction(fps).limit_denominator(100000))
+            self.stream.width, self.stream.height = size
+            self.stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+            self.stream.gop_size = self.gop
+            self.stream.thread_count = 1
+            if codec == "libx264":
+                self.stream.options = {"preset": "veryfast", "crf": "20"}
+            else:  # as OpenCV's writer: about one bit per pixel per second, quality-bounded
+                self.stream.bit_rate = int(size[0] * size[1] * fps)
+            self.stream.codec_context.open()
+        except Exception as e:
+            self._close_quietly()
             self.part.unlink(missing_ok=True)
-            raise ValueError(f"{self.path}: cannot write video ({code} at {size[0]}x{size[1]})")
-        self.size = size
-        self.frames = 0
+            raise ValueError(f"{self.path}: cannot write video ({code} at {size[0]}x{size[1]}): {e}") from e
 
     def write(self, img: np.ndarray) -> None:
+        import av
         if (img.shape[1], img.shape[0]) != self.size:
             img = cv2.resize(img, self.size)
-        self.writer.write(img)
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="bgr24")
+        for pk in self.stream.encode(frame):
+            self.out.mux(pk)
         self.frames += 1
+        if self.crash_safe and self.frames % self.gop == 0:
+            self._sync()  # what the muxer wrote so far survives a power cut
 
     def commit(self) -> Path:
-        self.writer.release()
+        """Finish the file, check it reads back with every frame, rename it into place."""
+        try:
+            for pk in self.stream.encode():
+                self.out.mux(pk)
+            self.out.close()
+            if self.crash_safe:
+                self._sync()
+        except BaseException:
+            self._close_quietly()
+            raise
+        self._close_fd()
+        n = count_frames(self.part)
+        if n != self.frames:
+            raise OSError(f"{self.part.name}: {self.frames} frames written, {n} read back")
         os.replace(self.part, self.path)
+        _fsync_dir(self.path.parent)
         return self.path
 
     def abort(self) -> None:
-        self.writer.release()
+        self._close_quietly()
         self.part.unlink(missing_ok=True)
+
+    def salvage(self) -> Path | None:
+        """After a write error: close what can be closed and keep the part that plays (see recover)."""
+        self._close_quietly()
+        return recover(self.part)
+
+    def _close_quietly(self) -> None:
+        out = getattr(self, "out", None)
+        if out is not None:
+            try:
+                out.close()
+            except Exception:
+                pass
+        self._close_fd()
+
+    def _sync(self) -> None:
+        if self._fd is None:
+            if not self.part.exists():  # the muxer has not written its header yet
+                return
+            self._fd = os.open(self.part, os.O_RDONLY)
+            _fsync_dir(self.part.parent)
+        os.fsync(self._fd)
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def count_frames(path: Path) -> int:
+    """Video packets that demux from `path` (0 when it does not open)."""
+    import av
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.video:
+                return 0
+            return sum(1 for pk in c.demux(c.streams.video[0]) if pk.size)
+    except (av.FFmpegError, OSError, ValueError):
+        return 0
+
+
+def trim_fragments(path: Path) -> int:
+    """Cut a fragmented MP4/MOV after its last complete fragment (a crash leaves a torn one): keep
+    whole top-level boxes, drop a trailing moof without its mdat. Returns the bytes kept."""
+    size, keep, pos = path.stat().st_size, 0, 0
+    with open(path, "rb") as f:
+        while pos + 8 <= size:
+            f.seek(pos)
+            head = f.read(16)
+            n, kind = int.from_bytes(head[:4], "big"), head[4:8]
+            if n == 1 and len(head) >= 16:
+                n = int.from_bytes(head[8:16], "big")
+            elif n == 0:
+                n = size - pos
+            if n < 8 or pos + n > size:
+                break
+            pos += n
+            if kind != b"moof":
+                keep = pos
+    if keep < size:
+        os.truncate(path, keep)
+    return keep
+
+
+def recover(part: Path) -> Path | None:
+    """A STEM.part.EXT left by a crash or a write error: trim a torn MP4 fragment, then keep the file
+    under its final name if any frame reads back (returned), else remove it (None). Its content was
+    anonymized before it was written."""
+    final = part.with_name(part.name.replace(".part", "", 1))
+    if part.suffix.lower() in FRAGMENTED and part.stat().st_size:
+        trim_fragments(part)
+    if count_frames(part) == 0:
+        part.unlink(missing_ok=True)
+        return None
+    os.replace(part, final)
+    return final
 
 
 class ImageFileSink:
