@@ -3,8 +3,14 @@ stills and at >= 40 dB on video; wrong key, tampered, truncated and swapped side
 nothing written; the camera refuses a private key; nothing the daemon writes holds original face pixels."""
 from __future__ import annotations
 
+import io
+import os
+import pty
+import select
 import shutil
 import subprocess
+import threading
+import time
 
 import cv2
 import numpy as np
@@ -75,7 +81,7 @@ def test_private_key_refused_by_the_camera(owner, tmp_path, cli_env, media):
     cfg.write_text(yaml.safe_dump({"privacy": {"owner_public_key": plain.read_text().strip()}}))
     p = cli(cli_env, "config", "check", cfg, ok=False)
     assert p.returncode == 2 and "private key" in p.stderr
-    assert not out.exists() and not (tmp_path / "o").exists()
+    assert not out.exists() and not any(f.is_file() for f in (tmp_path / "o").rglob("*"))  # nothing written
 
 
 @pytest.fixture(scope="module")
@@ -109,16 +115,51 @@ def test_still_round_trip_bit_exact(owner, stills, media, tmp_path, cli_env):
     assert (cv2.imread(str(stills / "group1.png")) != cv2.imread(str(media["group1"]))).any()
 
 
+def age_with_passphrase(args: list[str], passphrase: str, timeout: float = 120) -> tuple[int, bytes]:
+    """Run the stock `age` on a pty (it reads an identity file's passphrase from the terminal), answer
+    its prompt; returns (exit status, what it printed on the terminal)."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: age, with the pty as its controlling terminal
+        os.execvp("age", ["age", *args])
+    seen, answered = b"", False
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 1.0)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 1024)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+            if not answered and b"passphrase" in seen.lower():
+                os.write(fd, passphrase.encode() + b"\n")
+                answered = True
+    finally:
+        os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), seen
+
+
 def test_stock_age_opens_a_sidecar(owner, stills, tmp_path):
+    """Debian's age 1.1 opens a camera sidecar with OWNER_KEY as `keys init` wrote it (passphrase-
+    protected), the passphrase typed at its prompt; a wrong passphrase opens nothing."""
     if shutil.which("age") is None:
         pytest.fail("the age CLI is missing (Debian package age)")
-    ident = tmp_path / "id.txt"
-    ident.write_text(str(keys.load_identity(owner / "owner", PW)) + "\n")
-    p = subprocess.run(["age", "-d", "-i", str(ident), str(stills / "group1.png.age")], capture_output=True)
-    assert p.returncode == 0, p.stderr
-    header, blobs = seal.unpack(p.stdout, "age output")
+    out = tmp_path / "payload"
+    code, seen = age_with_passphrase(["-d", "-i", str(owner / "owner"), "-o", str(out),
+                                      str(stills / "group1.png.age")], PW)
+    assert code == 0 and b"Enter passphrase for identity file" in seen, seen
+    header, blobs = seal.unpack(out.read_bytes(), "age output")
     assert header["media_sha256"] == seal.file_sha256(stills / "group1.png") and len(header["faces"]) >= 3
     assert cv2.imdecode(np.frombuffer(blobs[header["faces"][0]["pixels"]], np.uint8), cv2.IMREAD_COLOR) is not None
+    bad = tmp_path / "bad"
+    code, seen = age_with_passphrase(["-d", "-i", str(owner / "owner"), "-o", str(bad),
+                                      str(stills / "group1.png.age")], "not the passphrase")
+    assert code != 0 and not (bad.exists() and bad.stat().st_size), seen
 
 
 def test_sidecar_reveals_nothing_in_clear(stills):
@@ -251,3 +292,129 @@ def test_decoy_with_wrong_key(owner, media, tmp_path, cli_env):
     # the faces are re-rendered (not the blur), and nowhere near the original there
     assert (dec[covered] != anon[covered]).mean() > 0.5
     assert psnr(dec[covered], orig[covered]) < 30
+
+
+class Gate(list):
+    """Face regions whose reading blocks on the named worker thread until `event` is set: the worker
+    is made to fall behind without timing."""
+
+    def __init__(self, items, thread: str, event: threading.Event):
+        super().__init__(items)
+        self.thread, self.event = thread, event
+
+    def __iter__(self):
+        if threading.current_thread().name == self.thread:
+            assert self.event.wait(120)
+        return super().__iter__()
+
+
+def wait_empty(q, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while q.qsize() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not q.qsize(), "the worker did not take the first job"
+
+
+def test_sealing_worker_behind_fails_closed(owner, media, tmp_path, caplog):
+    """SealWriter seals stills off the frame loop; when its queue is full the job is dropped (its
+    pixels never written), logged and counted, the anonymized media stays; close() waits for the rest."""
+    rec, ident = keys.recipient(owner / "owner.pub"), keys.load_identity(owner / "owner", PW)
+    img = cv2.imread(str(media["group1"]))
+    roi = (200, 100, 264, 164)
+    region = np.ascontiguousarray(img[100:164, 200:264])
+    gate = threading.Event()
+    writer = seal.SealWriter(rec, jobs=1)
+    data = cv2.imencode(".jpg", img)[1].tobytes()
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"s{i}.jpg")
+        paths[-1].write_bytes(data)
+    crops = lambda: seal.Crops(Gate([(1, roi, region, None)], "seal-writer", gate))  # noqa: E731
+    took = [writer.still(crops(), paths[0], data, img.shape)]
+    wait_empty(writer.q)  # the worker holds the first job
+    took += [writer.still(crops(), p, data, img.shape) for p in paths[1:]]
+    assert took == [True, True, False] and writer.dropped == 1
+    assert "s2.jpg" in caplog.text and "not sealed" in caplog.text
+    gate.set()
+    writer.close()
+    assert [seal.sidecar_path(p).exists() for p in paths] == [True, True, False]
+    for p in paths[:2]:
+        header, blobs = seal.open_sidecar(p, ident)
+        back = cv2.imdecode(np.frombuffer(blobs[header["faces"][0]["pixels"]], np.uint8), cv2.IMREAD_COLOR)
+        assert np.array_equal(back, region)
+    row = region[32].tobytes()
+    assert not any(row in f.read_bytes() for f in tmp_path.iterdir())
+
+
+def test_live_video_seal_drops_frames_it_cannot_encode(tmp_path):
+    """The daemon's face stream never makes the frame loop wait: with the encoder behind, a frame's
+    regions that do not fit its queue are dropped and counted in the header; the rest reveal."""
+    rng = np.random.default_rng(0)
+    region = rng.integers(0, 255, (48, 40, 3), np.uint8)
+    gate = threading.Event()
+    vs = seal.VideoSeal(25.0, (160, 120), live=True)
+    crops = lambda: seal.Crops(Gate([(3, (10, 20, 50, 68), region, None)], "seal-video", gate))  # noqa: E731
+    vs.add(crops())
+    wait_empty(vs.q)
+    for _ in range(seal.VIDEO_QUEUE + 3):
+        vs.add(crops())
+    vs.add(None)  # a frame without faces
+    assert vs.dropped == 3
+    gate.set()
+    media = tmp_path / "m.mp4"
+    media.write_bytes(b"media")
+    header, blobs = seal.unpack(vs.finish(media), "test")
+    assert header["dropped"] == 3 and header["frames"] == seal.VIDEO_QUEUE + 5
+    assert header["stream_frames"] == list(range(seal.VIDEO_QUEUE + 1))
+    assert [f["frame"] for f in header["faces"]] == header["stream_frames"]
+    import av
+    decoded = list(av.open(io.BytesIO(blobs[header["stream"]])).decode(video=0))
+    assert len(decoded) == seal.VIDEO_QUEUE + 1
+    assert psnr(decoded[-1].to_ndarray(format="bgr24")[20:68, 10:50], region) >= 30  # noise: the hardest case
+
+
+def test_mqtt_snapshots_are_sealed(owner, media, tmp_path, cli_env):
+    """With an owner key, every MQTT snapshot is followed on <snapshot>/sealed by its faces sealed to
+    the owner (real mosquitto, real daemon): saved as NAME.jpg + NAME.jpg.age, `anoncam reveal` restores
+    them; the sealed payload is ciphertext and bound to its own snapshot."""
+    from test_mqtt import BASE, CLIP, Broker, Sub, daemon_config, finish, start_daemon
+    broker = Broker(tmp_path / "broker").start()
+    try:
+        sub = Sub(broker.port, topics=(f"{BASE}/snapshot", f"{BASE}/snapshot/sealed"))
+        cfg = daemon_config(tmp_path, fps=20, snapshot={"every_s": 0.5, "max_width": 320})
+        proc = start_daemon(media, tmp_path, cli_env, f"mqtt://127.0.0.1:{broker.port}", cfg, 60,
+                            "--owner-key", str(owner / "owner.pub"))
+        err = finish(proc)
+        assert sub.wait(lambda: len(sub.on(f"{BASE}/snapshot/sealed")) == len(sub.on(f"{BASE}/snapshot")) >= 4,
+                        15), err[-2000:]
+        sub.close()
+    finally:
+        broker.stop()
+    snaps, sealed = sub.on(f"{BASE}/snapshot"), sub.on(f"{BASE}/snapshot/sealed")
+    ident = keys.load_identity(owner / "owner", PW)
+    originals = list(iter_frames(media[CLIP]))
+    d = tmp_path / "saved"
+    d.mkdir()
+    checked = 0
+    for i, (jpg, age) in enumerate(zip(snaps, sealed)):
+        assert age.payload.startswith(b"age-encryption.org/v1\n") and b"\x89PNG" not in age.payload
+        (d / f"{i}.jpg").write_bytes(jpg.payload)
+        (d / f"{i}.jpg.age").write_bytes(age.payload)
+        header, _ = seal.open_sidecar(d / f"{i}.jpg", ident)
+        if not header["faces"]:
+            continue
+        p = reveal(cli_env, owner, d / f"{i}.jpg", "-o", d / f"{i}.png")
+        assert p.returncode == 0, p.stderr
+        anon, back = cv2.imread(str(d / f"{i}.jpg")), cv2.imread(str(d / f"{i}.png"))
+        frame = int(header["media_name"].rsplit("_", 1)[1].split(".")[0])
+        orig = cv2.resize(originals[frame], (anon.shape[1], anon.shape[0]), interpolation=cv2.INTER_AREA)
+        for f in header["faces"]:
+            x0, y0, x1, y1 = f["roi"]
+            near, anon_psnr = psnr(back[y0:y1, x0:x1], orig[y0:y1, x0:x1]), psnr(anon[y0:y1, x0:x1], orig[y0:y1, x0:x1])
+            assert near >= 30 and near > anon_psnr + 5, (near, anon_psnr)
+            checked += 1
+    assert checked >= 3
+    # a sealed payload saved beside another snapshot does not open it
+    (d / "0.jpg.age").write_bytes(sealed[1].payload)
+    with pytest.raises(seal.SealError, match="does not belong"):
+        seal.open_sidecar(d / "0.jpg", ident)

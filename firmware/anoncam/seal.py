@@ -6,7 +6,12 @@ will touch (the Anonymizer's own ROI; pixels of privacy zones are left out) into
 owner's X25519 recipient (a fresh file key per file, made by age):
   stills: every region as PNG (lossless);
   video:  one face-only stream per segment (the regions pasted on black, H.264 4:4:4 at
-          `privacy.video_crf`, encoded in memory by a worker thread with PyAV, never a file).
+          `privacy.video_crf`, x264 preset medium, encoded in memory by a worker thread with PyAV,
+          never a file);
+  MQTT snapshots: the regions scaled to the snapshot, as a still, published beside it (SealedSnapshot).
+Off the frame loop: the video encoder has its own thread; a still's PNG + age and a segment's flush +
+age + sidecar write run on SealWriter's thread. Both queues are bounded; what does not fit is dropped
+(memory only, never written), logged and counted: fail closed, the media stays anonymized.
 Inside (the payload): MAGIC, a JSON header (the media's name and sha256, frame size, frames, per-face
 frame/track/ROI/blob refs) and the blobs, padded to a size bucket. In the clear: age's header and the
 padded size, nothing else (no boxes, no count of faces).
@@ -16,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import queue
 import struct
 import threading
@@ -32,9 +38,14 @@ from .config import AnonymizeConfig, Config
 from .policy import default_policy
 from .types import Face
 
+log = logging.getLogger(__name__)
+
 MAGIC = b"ANONCAM-SEAL\x01"
 SUFFIX = ".age"
 MIN_BUCKET = 4096
+VIDEO_PRESET = "medium"  # x264: at crf 17 every sealed region >= 40 dB (bench/seal_bench.py, README)
+VIDEO_QUEUE = 16         # frames of face regions waiting for the live encoder (about 0.6 s at 25 fps)
+SEAL_JOBS = 4            # stills and segments waiting for SealWriter
 
 
 class SealError(ValueError):
@@ -206,9 +217,13 @@ def seal_still(crops: Crops | None, media: bytes, name: str, shape, recipient) -
 class VideoSeal:
     """The face-only stream of one video segment, encoded in memory by a worker thread."""
 
-    def __init__(self, fps: float, size: tuple[int, int], crf: int = 16):
+    def __init__(self, fps: float, size: tuple[int, int], crf: int = 17, live: bool = False):
+        """`live` (the daemon): add() never waits; a frame whose regions do not fit the encoder's
+        queue is not sealed (dropped in memory, logged, counted in the header). Otherwise (offline
+        anonymize) add() waits for the encoder."""
         import av  # only needed when video is sealed
-        self.size, self.fps, self.crf = size, fps, crf
+        self.size, self.fps, self.crf, self.live = size, fps, crf, live
+        self.dropped = 0
         self.faces: list[dict] = []
         self.masks: list[bytes] = []
         self.stream_frames: list[int] = []  # segment frame number of each stream frame
@@ -218,10 +233,10 @@ class VideoSeal:
         w, h = size[0] + size[0] % 2, size[1] + size[1] % 2
         self.stream = self.out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         self.stream.width, self.stream.height, self.stream.pix_fmt = w, h, "yuv444p"
-        self.stream.options = {"crf": str(crf), "preset": "veryfast"}
+        self.stream.options = {"crf": str(crf), "preset": VIDEO_PRESET}
         self.stream.thread_count = 1
         self.canvas = (h, w)
-        self.q: queue.Queue = queue.Queue(8)
+        self.q: queue.Queue = queue.Queue(VIDEO_QUEUE)
         self.error: BaseException | None = None
         self.worker = threading.Thread(target=self._run, name="seal-video", daemon=True)
         self.worker.start()
@@ -233,14 +248,26 @@ class VideoSeal:
         if crops is None or not crops.items:
             return
         if self.error is not None:
+            if self.live:  # logged by the encoder's thread; this segment gets no sidecar
+                return
             raise RuntimeError(f"sealing failed: {self.error}")
+        if self.live:
+            try:
+                self.q.put_nowait(crops.items)
+            except queue.Full:  # the encoder is behind: these regions are dropped, never written
+                self.dropped += 1
+                if self.dropped in (1, 10) or self.dropped % 100 == 0:
+                    log.error("sealing is behind: the faces of %d frame(s) of this segment were not sealed "
+                              "(the encoder cannot keep up)", self.dropped)
+                return
+        else:
+            self.q.put(crops.items)
         for track, roi, _, mask in crops.items:
             self.faces.append({"frame": n, "track": int(track), "roi": [int(v) for v in roi],
                                "mask": None if mask is None else len(self.masks)})
             if mask is not None:
                 self.masks.append(np.packbits(mask).tobytes())
         self.stream_frames.append(n)
-        self.q.put(crops.items)
 
     def _run(self) -> None:
         import av
@@ -258,6 +285,7 @@ class VideoSeal:
                     self.out.mux(pk)
             except BaseException as e:  # reported to the frame loop's thread by add/finish
                 self.error = e
+                log.error("sealing the face stream failed: %s: %s", type(e).__name__, e)
 
     def finish(self, media: Path) -> bytes:
         """Flush and return the payload (not yet encrypted) bound to the written `media` file."""
@@ -272,7 +300,7 @@ class VideoSeal:
         self.buf = io.BytesIO()
         header = {"v": 1, "kind": "video", "media_name": Path(media).name, "media_sha256": file_sha256(media),
                   "size": list(self.size), "fps": self.fps, "frames": self.frames, "crf": self.crf,
-                  "codec": "h264 yuv444p matroska", "stream_frames": self.stream_frames, "faces": self.faces,
+                  "codec": f"h264 yuv444p {VIDEO_PRESET} matroska", "dropped": self.dropped, "stream_frames": self.stream_frames, "faces": self.faces,
                   "stream": 0, "masks": list(range(1, 1 + len(self.masks)))}
         return pack(header, [stream, *self.masks])
 
@@ -285,3 +313,111 @@ class VideoSeal:
         except Exception:
             pass
         self.buf = io.BytesIO()
+
+
+# off the frame loop ----------------------------------------------------------------------------------
+class SealWriter:
+    """Seals beside the frame loop: one worker thread takes jobs from a bounded queue (a still: PNG
+    regions + age + sidecar; a segment: the face stream's flush + age + sidecar) and writes each
+    sidecar atomically, after its media. A job that does not fit (the worker is behind) is dropped:
+    its original pixels are released in memory, never written anywhere; the media stays, anonymized,
+    without a sidecar (logged, counted). close() waits for every queued job."""
+
+    def __init__(self, recipient, jobs: int = SEAL_JOBS):
+        self.recipient = recipient
+        self.q: queue.Queue = queue.Queue(jobs)
+        self.dropped = self.failed = self.written = 0
+        self.thread = threading.Thread(target=self._run, name="seal-writer", daemon=True)
+        self.thread.start()
+
+    def still(self, crops: Crops | None, media: Path, data: bytes, shape) -> bool:
+        """Seal the faces of the still written at `media` (its encoded bytes `data`)."""
+        return self._put(("still", Path(media), crops, data, tuple(shape)))
+
+    def segment(self, seal: VideoSeal, media: Path) -> bool:
+        """Finish the face stream of the segment written at `media` and seal it."""
+        if self._put(("video", Path(media), seal)):
+            return True
+        seal.abort()
+        return False
+
+    def _put(self, job: tuple) -> bool:
+        try:
+            self.q.put_nowait(job)
+            return True
+        except queue.Full:
+            self.dropped += 1
+            log.error("sealing %s skipped: the sealing worker is behind (%d jobs waiting); its faces are "
+                      "not sealed (%d skipped so far)", job[1].name, self.q.qsize(), self.dropped)
+            return False
+
+    def _run(self) -> None:
+        from .sinks.files import write_atomic
+        while True:
+            job = self.q.get()
+            if job is None:
+                return
+            kind, media = job[0], job[1]
+            try:
+                if kind == "still":
+                    sealed = seal_still(job[2], job[3], media.name, job[4], self.recipient)
+                else:
+                    sealed = encrypt(job[2].finish(media), self.recipient)
+                if media.exists():  # else retention deleted it meanwhile: no orphan sidecar
+                    write_atomic(sidecar_path(media), sealed)
+                    self.written += 1
+            except Exception as e:  # the anonymized media stays; its faces cannot be restored
+                self.failed += 1
+                log.error("sealing %s failed: %s: %s", media.name, type(e).__name__, e)
+                if kind == "video":
+                    job[2].abort()
+            finally:
+                job = None  # release the original pixels now
+
+    def close(self) -> None:
+        """Wait until every queued job is sealed and written, then end the worker."""
+        if self.thread.is_alive():
+            self.q.put(None)
+            self.thread.join()
+
+
+# MQTT snapshots -------------------------------------------------------------------------------------
+def scaled(crops: Crops | None, scale: float, shape) -> Crops | None:
+    """The regions as they fall in a frame scaled by `scale` to `shape` (a snapshot)."""
+    if crops is None or scale == 1:
+        return crops
+    h, w = shape[:2]
+    items = []
+    for track, (x0, y0, x1, y1), pixels, mask in crops.items:
+        r = (int(x0 * scale), int(y0 * scale), min(w, int(np.ceil(x1 * scale))), min(h, int(np.ceil(y1 * scale))))
+        size = (r[2] - r[0], r[3] - r[1])
+        if size[0] < 1 or size[1] < 1:
+            continue
+        px = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+        m = None if mask is None else cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
+        items.append((track, r, px, m))
+    return Crops(items)
+
+
+class SealedSnapshot:
+    """An MQTT snapshot and its sealed faces, both rendered on the connection's worker thread:
+    jpeg() is the anonymized JPEG as published; sealed() the age file of the frame's original face
+    regions scaled to the snapshot, bound to that JPEG's sha256 (a still sidecar: a consumer that
+    saves the two as NAME.jpg and NAME.jpg.age can `anoncam reveal NAME.jpg`)."""
+
+    def __init__(self, render, crops: Crops | None, scale: float, shape, name: str, recipient):
+        self._render, self.crops, self.scale, self.shape = render, crops, scale, shape
+        self.name, self.recipient = name, recipient
+        self._jpeg: bytes | None = None
+        self._lock = threading.Lock()
+
+    def jpeg(self) -> bytes:
+        with self._lock:
+            if self._jpeg is None:
+                self._jpeg = self._render()
+            return self._jpeg
+
+    def sealed(self) -> bytes:
+        data = self.jpeg()
+        crops, self.crops = self.crops, None  # the original pixels are held no longer than this
+        return seal_still(scaled(crops, self.scale, self.shape), data, self.name, self.shape, self.recipient)

@@ -38,6 +38,7 @@ class Publisher:
         self._latency: deque[float] = deque(maxlen=300)
         self._last_stats = time.monotonic()
         self._stats_due = False          # send stats at the next frame (after a (re)connection)
+        self.recipient = None            # the owner's public key (MqttSink): each snapshot's faces are sealed
 
     # camera loop ------------------------------------------------------------------------------
     def frame(self, result: FrameResult) -> None:
@@ -59,8 +60,16 @@ class Publisher:
                               interpolation=cv2.INTER_AREA) if w > snap.max_width else img.copy())
             comment = f"anoncam frame={result.index} ts={result.timestamp:.3f}"
             render = lambda: jpeg_with_comment(encode_image(img, ".jpg", snap.quality), comment)  # noqa: E731
+            sealed = None
+            if self.recipient is not None:  # <snapshot>/sealed: its faces sealed to the owner, bound to its JPEG
+                from ..seal import SealedSnapshot
+                sealed = SealedSnapshot(render, result.sidecar.get("seal"), img.shape[1] / w, img.shape,
+                                        f"{self.camera}_{result.index:08d}.jpg", self.recipient)
+                render = sealed.jpeg
             if self.conn.put(Message(self.topics.snapshot, render=render, spool=True)):
                 self._last_snap = result.timestamp
+                if sealed is not None:
+                    self.conn.put(Message(self.topics.snapshot + "/sealed", render=sealed.sealed, spool=True))
 
     def on_frame(self, result: FrameResult, stats: Stats) -> None:
         """Every frame, paused or not: stats every mqtt.stats_every_s, and soon after a connection."""

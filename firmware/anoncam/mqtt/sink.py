@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..control import SETTINGS, Control
+from ..seal import owner_recipient
 from ..stats import Stats
 from ..types import FrameResult
 from .commands import CommandDispatcher
@@ -26,6 +27,7 @@ class MqttSink:
         self.conn = Connection(m, m.client_id or f"anoncam-{camera}", self.topics.available,
                                m.spool.dir or Path(cfg.output.dir) / camera / "mqtt-spool")
         self.publisher = Publisher(m, camera, self.topics, self.conn, control)
+        self.publisher.recipient = owner_recipient(cfg)  # snapshots' faces sealed on <snapshot>/sealed
         self.commands = CommandDispatcher(self.topics, control, self._refused) if m.commands else None
         self.revoke = None  # consent/revoke NAME (consent/command.py)
         if m.commands and cfg.consent.enabled:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..config import OutputConfig
 from ..types import FrameResult
-from .files import VideoFile, encode_image, private_dir, recover, write_atomic, write_both
+from .files import VideoFile, encode_image, private_dir, recover, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,10 @@ class DiskSink:
     def __init__(self, cfg: OutputConfig, camera: str, fps: float, recipient=None, crf: int = 16):
         self.cfg, self.camera, self.fps = cfg, camera, fps
         self.recipient, self.crf = recipient, crf  # owner public key: seal the faces beside the media
+        self.sealer = None  # SealWriter: seals and writes the sidecars beside the frame loop
+        if recipient is not None:
+            from ..seal import SealWriter
+            self.sealer = SealWriter(recipient)
         self.root = Path(cfg.dir) / camera
         self.stills_dir, self.video_dir = self.root / "stills", self.root / "video"
         for d in (self.stills_dir, self.video_dir):
@@ -87,12 +91,9 @@ class DiskSink:
             if self._last_still_frame is None or result.index - self._last_still_frame >= every:
                 path = self.stills_dir / f"{self.camera}_{_stamp(result.timestamp)}_{result.index:08d}.jpg"
                 data = encode_image(img, ".jpg", self.cfg.stills.quality)
-                if self.recipient is None:
-                    write_atomic(path, data)
-                else:
-                    from ..seal import seal_still, sidecar_path
-                    sealed = seal_still(result.sidecar.get("seal"), data, path.name, img.shape, self.recipient)
-                    write_both(path, data, sidecar_path(path), sealed)
+                write_atomic(path, data)
+                if self.sealer is not None:  # its sidecar follows, from the sealing worker
+                    self.sealer.still(result.sidecar.get("seal"), path, data, img.shape)
                 self._last_still_frame = result.index
                 self.enforce_retention()
         if self.cfg.video.enabled:
@@ -103,7 +104,7 @@ class DiskSink:
                 self._frames_in_segment = 0
                 if self.recipient is not None:
                     from ..seal import VideoSeal
-                    self.seal = VideoSeal(self.fps, self.video.size, self.crf)
+                    self.seal = VideoSeal(self.fps, self.video.size, self.crf, live=True)
             self.video.write(img)
             if self.seal is not None:
                 self.seal.add(result.sidecar.get("seal"))
@@ -116,12 +117,8 @@ class DiskSink:
             return
         path = self.video.commit()
         self.video, seal, self.seal = None, self.seal, None
-        if seal is not None:
-            from ..seal import encrypt, sidecar_path
-            try:
-                write_atomic(sidecar_path(path), encrypt(seal.finish(path), self.recipient))
-            except Exception as e:  # the anonymized segment stays; its faces cannot be restored
-                log.error("sealing %s failed: %s: %s", path.name, type(e).__name__, e)
+        if seal is not None:  # flushed, sealed and written beside it by the sealing worker
+            self.sealer.segment(seal, path)
         log.info("segment written: %s (%d frames)", path.name, self._frames_in_segment)
         self.enforce_retention()
 
@@ -145,6 +142,9 @@ class DiskSink:
         except Exception:
             self._salvage_segment()
             raise
+        finally:
+            if self.sealer is not None:
+                self.sealer.close()  # stop waits for the sidecars
 
     # retention ------------------------------------------------------------------------------
     def _outputs(self) -> list[tuple[float, int, Path]]:
