@@ -4,6 +4,7 @@ embedding) in any MQTT message or log line unless consent.publish_names is set."
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -26,20 +27,27 @@ def broker(tmp_path):
     b.stop()
 
 
-def enroll_from_clip(media, gallery, env):
-    """The CLI on a real clip: cap12 (the man of cap13, which the camera then runs on)."""
-    r = subprocess.run([*ANONCAM, "enroll", NAME, str(media["cap12"]), "--gallery", str(gallery)],
-                       capture_output=True, text=True, env=env)
+@pytest.fixture(scope="module")
+def clip_gallery(media, tmp_path_factory):
+    """The CLI on a real clip: cap12 (the man of cap13, which the camera then runs on), once."""
+    g = tmp_path_factory.mktemp("enroll") / "consent.json"
+    r = subprocess.run([*ANONCAM, "enroll", NAME, str(media["cap12"]), "--gallery", str(g)],
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "enrolled" in r.stderr and "no photo kept" in r.stderr
-    data = json.loads(gallery.read_text())
+    data = json.loads(g.read_text())
     assert len(data["people"][NAME]["embeddings"]) >= 3
-    return r
+    return g
 
 
-def test_enroll_from_a_clip_and_bad_inputs(media, tmp_path, cli_env):
-    g = tmp_path / "g.json"
-    enroll_from_clip(media, g, cli_env)
+def copy(src, dst):
+    dst.write_bytes(src.read_bytes())
+    os.chmod(dst, 0o600)
+    return dst
+
+
+def test_enroll_from_a_clip_and_bad_inputs(media, tmp_path, cli_env, clip_gallery):
+    g = copy(clip_gallery, tmp_path / "g.json")
     r = subprocess.run([*ANONCAM, "consent", "list", "--gallery", str(g)], capture_output=True, text=True, env=cli_env)
     assert r.returncode == 0 and r.stdout.startswith(NAME + "\t")
     # the same man again under another name: refused, nothing written
@@ -52,9 +60,8 @@ def test_enroll_from_a_clip_and_bad_inputs(media, tmp_path, cli_env):
     assert r.returncode == 2 and "no such file" in r.stderr
 
 
-def test_revoke_by_mqtt_and_nothing_about_the_person_goes_out(media, tmp_path, cli_env, broker):
-    gallery = tmp_path / "consent.json"
-    enroll_from_clip(media, gallery, cli_env)
+def test_revoke_by_mqtt_and_nothing_about_the_person_goes_out(media, tmp_path, cli_env, broker, clip_gallery):
+    gallery = copy(clip_gallery, tmp_path / "consent.json")
     cfg = daemon_config(tmp_path, fps=15, event_update_every_s=0.2, snapshot={"every_s": 0.5})
     doc = yaml.safe_load(cfg.read_text())
     doc["log"]["level"] = "DEBUG"
