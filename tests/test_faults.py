@@ -25,6 +25,7 @@ from anoncam.sinks.files import count_frames
 from conftest import ANONCAM, TEST_BUDGET_MS
 from fault_camera import MjpegCamera
 from helpers import is_covered, video_reference
+from test_mqtt import Broker, Sub
 
 CLIP = "cap13"
 STOP_TIMEOUT_S = 5.0
@@ -98,6 +99,18 @@ class Daemon:
 
 
 @pytest.fixture
+def broker(tmp_path):
+    b = Broker(tmp_path / "broker").start()
+    yield b
+    b.stop()
+
+
+def mqtt_section(port: int, tmp_path: Path) -> dict:
+    return {"enabled": True, "host": "127.0.0.1", "port": port, "snapshot": {"every_s": 0.25},
+            "spool": {"dir": str(tmp_path / "spool")}, "close_timeout_s": 2.0}
+
+
+@pytest.fixture
 def daemons():
     made = []
     yield lambda *a: made.append(Daemon(*a)) or made[-1]
@@ -127,6 +140,16 @@ class LeakCheck:
         for b in self.boxes[i]:
             assert is_covered(self.originals[i], img, b), f"raw face of camera frame {i} in the output"
         return len(self.boxes[i])
+
+    def snapshots(self, sub: Sub) -> int:
+        """Every snapshot received (the camera's frames are 400 px wide: sent at full size)."""
+        n = 0
+        for m in sub.on("anoncam/door/snapshot"):
+            img = cv2.imdecode(np.frombuffer(m.payload, np.uint8), cv2.IMREAD_COLOR)
+            assert img is not None and img.shape == self.originals[0].shape
+            self.frame(img)
+            n += 1
+        return n
 
     def folder(self, root: Path) -> dict:
         """Every file under `root`: videos frame by frame, stills; anything else is an error."""
@@ -180,8 +203,10 @@ def test_sigterm_ends_the_run_within_stop_timeout(fault, camera, media, tmp_path
     time.sleep(1.5)
     frames = d.frames()
     took = d.stop()
+    print(f"stop while {fault}: {took:.2f} s")
     assert d.proc.returncode == 0, d.text()[-3000:]
     assert took < STOP_TIMEOUT_S + STOP_MARGIN_S, f"stop took {took:.1f} s"
+    assert "stop took longer" not in d.text()  # the graceful path, not the timer
     names = outputs(out)
     assert not [n for n in names if ".part" in n or n.endswith(".tmp")], names
     got = LeakCheck(camera, media).folder(out)
@@ -198,17 +223,20 @@ def test_sigterm_while_connecting_at_start(camera, media, tmp_path, cli_env, dae
     d.wait(lambda: camera.connections >= 1, 180, "a connection")
     time.sleep(0.5)
     took = d.stop()
+    print(f"stop while connecting: {took:.2f} s")
     assert took < STOP_TIMEOUT_S + STOP_MARGIN_S, f"stop took {took:.1f} s"
     assert d.proc.returncode in (0, -signal.SIGTERM)
     assert [n for n in outputs(out)] == []
 
 
 # --- the camera goes away and comes back ---------------------------------------------------------------
-def test_camera_gone_and_back_recovers(camera, media, tmp_path, cli_env, daemons):
-    """The camera goes away for 3 s: the daemon reconnects (backoff 0.5, 1, 2 s) and goes on writing;
-    nothing raw anywhere, no frame lost that the camera sent while connected."""
+def test_camera_gone_and_back_recovers(camera, media, tmp_path, cli_env, daemons, broker):
+    """The camera goes away for 3 s: the daemon reconnects (backoff 0.5, 1, 2 s) and goes on writing
+    and publishing; nothing raw on disk or in the MQTT snapshots."""
     out = tmp_path / "out"
-    d = daemons(write_config(tmp_path, out, camera={"read_timeout_s": 2.0}), camera.url, cli_env)
+    sub = Sub(broker.port, topics=("anoncam/#",))
+    cfg = write_config(tmp_path, out, camera={"read_timeout_s": 2.0}, mqtt=mqtt_section(broker.port, tmp_path))
+    d = daemons(cfg, camera.url, cli_env)
     d.wait(lambda: d.frames() >= 30, 180, "30 frames")
     camera.drop()
     time.sleep(3.0)
@@ -218,16 +246,20 @@ def test_camera_gone_and_back_recovers(camera, media, tmp_path, cli_env, daemons
     assert "stopped delivering" in d.text()
     took = d.stop()
     assert d.proc.returncode == 0 and took < STOP_TIMEOUT_S + STOP_MARGIN_S
-    got = LeakCheck(camera, media).folder(out)
+    check = LeakCheck(camera, media)
+    got = check.folder(out)
     assert got["video_frames"] >= before + 30 and got["stills"] >= 3, got
+    sub.close()
+    assert check.snapshots(sub) >= 10
 
 
 # --- crashes: SIGKILL ----------------------------------------------------------------------------------
-def test_sigkill_keeps_the_open_segment(camera, media, tmp_path, cli_env, daemons):
+def test_sigkill_keeps_the_open_segment(camera, media, tmp_path, cli_env, daemons, broker):
     """SIGKILL mid-segment: the next start keeps the segment (fragmented MP4, trimmed to its last whole
     fragment), says so in the log, and at most the last second (one fragment, 15 frames) is lost."""
     out = tmp_path / "out"
-    cfg = write_config(tmp_path, out)
+    sub = Sub(broker.port, topics=("anoncam/#",))
+    cfg = write_config(tmp_path, out, mqtt=mqtt_section(broker.port, tmp_path))
     d = daemons(cfg, camera.url, cli_env)
     d.wait(lambda: d.frames() >= 75, 180, "75 frames")
     time.sleep(1.0)  # frames counted by the last summary line are on their way to the file
@@ -244,7 +276,10 @@ def test_sigkill_keeps_the_open_segment(camera, media, tmp_path, cli_env, daemon
     assert n >= logged - 15, f"{n} frames kept of at least {logged} written"
     assert cv2.VideoCapture(str(kept)).get(cv2.CAP_PROP_FRAME_COUNT) == n
     assert len(list(out.rglob("*.mp4"))) == 2 and not list(out.rglob("*.part.*"))
-    LeakCheck(camera, media).folder(out)
+    check = LeakCheck(camera, media)
+    check.folder(out)
+    sub.close()
+    assert check.snapshots(sub) >= 10
 
 
 # --- a full disk ------------------------------------------------------------------------------------------
