@@ -107,7 +107,7 @@ class VideoFile:
         try:
             if codec is None:
                 raise ValueError(f"fourcc {code!r} (known: {', '.join(sorted(CODEC_BY_FOURCC))})")
-            self.out = av.open(str(self.part), "w", format=FORMAT_BY_EXT.get(ext, "mp4"),
+            self.out = av.open(str(self.part), "w", format=FORMAT_BY_EXT.get(ext),
                                container_options=options)
             self.stream = self.out.add_stream(codec, rate=Fraction(fps).limit_denominator(100000))
             self.stream.width, self.stream.height = size
