@@ -289,3 +289,15 @@ def test_eval_replay_is_the_camera_rule(gallery_file, clips):
     shown = replay(rows, gal, cc.k, cc.threshold, cc.margin, cc.recheck_every, 0)
     assert sum(camera) >= 40 and not all(camera)
     assert shown.tolist() == camera
+
+
+def test_the_name_reaches_a_face_only_with_publish_names(gallery_file, clips):
+    frames = clips["franck"][3600:3600 + K + 3]
+    for publish, want in ((False, None), (True, NAME)):
+        pipe = consent_pipe(gallery_file, publish_names=publish)
+        names = []
+        for i, f in enumerate(frames):
+            res = pipe.process(f.copy(), 3600 + i)
+            pipe.policy.drain()
+            names += [x.consent_name for x in res.faces if x.method is None]
+        assert names and set(names) == {want}
