@@ -217,10 +217,12 @@ def check_video(folder: Path, data: bytes) -> str:
 def strategy(name: str, inputs: dict[str, bytes]):
     if name == "config":
         return st.tuples(config_docs())
-    if name == "commands":  # a third of the cases are well-formed commands, most of them valid
-        good = st.tuples(st.sampled_from([f"{BASE}/{s}/set" for s in SETTINGS]),
-                         st.sampled_from([b"ON", b"OFF", b"on", b" off\n", b"blur", b"solid", b"pixelate"]))
-        return st.one_of(st.tuples(topics, payloads), st.tuples(topics, payloads), good)
+    if name == "commands":  # about half the cases are valid commands
+        onoff = st.tuples(st.sampled_from([f"{BASE}/enabled/set", f"{BASE}/snapshots/set"]),
+                          st.sampled_from([b"ON", b"OFF", b"on", b" off\n"]))
+        method = st.tuples(st.just(f"{BASE}/method/set"), st.sampled_from([b"blur", b"solid", b"pixelate"]))
+        anything = st.tuples(topics, payloads)
+        return st.integers(0, 99).flatmap(lambda k: onoff if k < 25 else method if k < 50 else anything)
     kinds = ["jpg", "png"] if name == "images" else ["mp4"]
     real = st.builds(lambda k, ops: mutate(inputs[k], ops), st.sampled_from(kinds), edits)
     return st.tuples(st.one_of(real, real, real, st.binary(max_size=4000)))
