@@ -8,20 +8,24 @@
 3. images: real JPEG and PNG bytes (the astronaut at 96 px) cut, flipped, spliced or random ->
    read_image gives a picture or a ValueError;
 4. video: a real MP4 (cap13, 10 frames at 96x72) mutated the same way -> VideoFileSource raises
-   SourceError or yields frames (or None for undecodable ones) and ends.
+   SourceError or yields frames (or None for undecodable ones) and ends;
+5. spool: a folder of MQTT spool files (good, mutated, random, stray names) -> the spool opens, hands
+   out only readable messages, sets the rest aside and ends empty.
 
 A case that runs longer than HANG_S seconds kills the run with a traceback (faulthandler), whatever
 it hangs in (Python, YAML, FFmpeg). tests/test_fuzz.py runs the same targets on 200 cases each.
 
-    python bench/fuzz.py [--cases 10000] [--only config,commands,images,video]
+    python bench/fuzz.py [--cases 10000] [--only config,commands,images,video,spool]
 """
 from __future__ import annotations
 
 import argparse
 import faulthandler
 import itertools
+import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -37,6 +41,7 @@ from anoncam.capture.files import VideoFileSource, read_image
 from anoncam.config import Config, ConfigError, load, validate
 from anoncam.control import SETTINGS, Control
 from anoncam.mqtt.commands import ECHO, CommandDispatcher
+from anoncam.mqtt.spool import Spool
 from anoncam.mqtt.topics import Topics
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -184,6 +189,25 @@ class Commands:
         return "refused" if self.errors else "applied"
 
 
+def check_spool(folder: Path, files: list[tuple[str, bytes]]) -> str:
+    """A spool folder holding random files (some named like messages, some real messages): it opens,
+    hands out only readable messages, sets the others aside, and ends empty."""
+    d = folder / "spool"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir()
+    for name, data in files:
+        (d / name).write_bytes(data)
+    s = Spool(d, max_bytes=1_000_000)
+    sent = 0
+    while (item := s.next_unsent()) is not None:
+        name, topic, payload, retain = item
+        assert isinstance(topic, str) and topic and isinstance(payload, bytes) and isinstance(retain, bool)
+        s.done(name)
+        sent += 1
+    assert len(s) == 0 and not list(d.glob("[0-9]*.msg")), "a message is left that was never handed out"
+    return "sent" if sent else "none"
+
+
 def check_image(folder: Path, data: bytes) -> str:
     path = folder / "in.img"
     path.write_bytes(data)
@@ -223,6 +247,13 @@ def strategy(name: str, inputs: dict[str, bytes]):
         method = st.tuples(st.just(f"{BASE}/method/set"), st.sampled_from([b"blur", b"solid", b"pixelate"]))
         anything = st.tuples(topics, payloads)
         return st.integers(0, 99).flatmap(lambda k: onoff if k < 25 else method if k < 50 else anything)
+    if name == "spool":  # message files (good, mutated, random) and stray names
+        good = st.builds(lambda t, p, r: json.dumps({"topic": t, "retain": r}).encode() + b"\n" + p,
+                         st.text(min_size=1, max_size=30), st.binary(max_size=50), st.booleans())
+        body = st.one_of(good, st.builds(mutate, good, edits), st.binary(max_size=200))
+        names = st.one_of(st.integers(0, 10**12 - 1).map(lambda i: f"{i:012d}.msg"),
+                          st.sampled_from(["notes.txt", "abc.msg", ".x.msg.tmp", "000000000001.msg.bad"]))
+        return st.tuples(st.lists(st.tuples(names, body), max_size=6, unique_by=lambda f: f[0]))
     kinds = ["jpg", "png"] if name == "images" else ["mp4"]
     real = st.builds(lambda k, ops: mutate(inputs[k], ops), st.sampled_from(kinds), edits)
     return st.tuples(st.one_of(real, real, real, st.binary(max_size=4000)))
@@ -231,7 +262,7 @@ def strategy(name: str, inputs: dict[str, bytes]):
 def target(name: str, folder: Path):
     if name == "commands":
         return Commands(folder).check
-    fn = {"config": check_config, "images": check_image, "video": check_video}[name]
+    fn = {"config": check_config, "images": check_image, "video": check_video, "spool": check_spool}[name]
     return lambda data: fn(folder, data)
 
 
@@ -268,7 +299,7 @@ def run(name: str, cases: int, inputs: dict[str, bytes], folder: Path, derandomi
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cases", type=int, default=10_000)
-    ap.add_argument("--only", default="config,commands,images,video")
+    ap.add_argument("--only", default="config,commands,images,video,spool")
     a = ap.parse_args()
     from anoncam import assets
     media = {n: assets.fetch(m) for n, m in assets.load_manifest("media").items() if n in ("astronaut", "cap13")}

@@ -21,7 +21,7 @@ def inputs(media, tmp_path_factory):
     return fuzz.real_inputs(media, tmp_path_factory.mktemp("fuzz-inputs"))
 
 
-@pytest.mark.parametrize("name", ["config", "commands", "images", "video"])
+@pytest.mark.parametrize("name", ["config", "commands", "images", "video", "spool"])
 def test_fuzz(name, inputs, tmp_path):
     r = fuzz.run(name, CASES, inputs, tmp_path, derandomize=True, keep_going=False)
     assert r["failures"] == 0 and r["cases"] == CASES, r

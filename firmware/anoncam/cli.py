@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -68,8 +69,10 @@ def _output_dirs(cfg: Config) -> None:
             private_dir(d)
             if not d.is_dir():
                 raise NotADirectoryError(20, "not a folder", str(d))
+            with tempfile.TemporaryFile(dir=d):  # writable (a read-only mount; root may "access" /proc)
+                pass
         except OSError as e:
-            raise UsageError(f"{key}: cannot use {e.filename or d} as a folder: {e.strerror or e}") from None
+            raise UsageError(f"{key}: cannot use {d} as a folder: {e.strerror or e}") from None
 
 
 def _stats_path(path: str | None) -> Path | None:
