@@ -264,31 +264,93 @@ def test_worker_results_voided_by_a_break_and_a_jump_covers(gallery_file, clips)
     assert not any(step(j) for j in range(K + 5, K + 5 + K))
 
 
-def test_eval_replay_is_the_camera_rule(gallery_file, clips):
-    """`anoncam eval --consent` replays the policy's rule on cached embeddings (eval/consent.py): on
-    the same real faces it shows exactly what ConsentPolicy shows (checks in the loop, a recheck every
-    5 frames, a 20-frame gap in the middle: coasting, then a new track)."""
+def camera_and_replay(pipe, frames):
+    """Per face-frame: what ConsentPolicy shows (checks in the loop) and what eval/consent.py's
+    replay shows on the same faces' embeddings and boxes."""
     from anoncam.eval.consent import replay
-    pipe = consent_pipe(gallery_file, worker=False, recheck_every=5)
     pol = pipe.policy
-    start = 3600
-    frames = list(clips["franck"][start:start + 70])
-    frames[30:50] = [np.full_like(frames[0], 128)] * 20
-    rows, camera = [], []
+    rows, boxes, camera = [], [], []
     for i, img in enumerate(frames):
         fs = pipe._faces(img, i, None, False, {}, pipe.detect(img, i))
         for f in fs:
             ok = f.detected and f.landmarks is not None
             e = pol.embedder.embed(img, f.landmarks) if ok else np.zeros(128, np.float32)
             rows.append([i, f.track_id, float(ok), float(max(f.box[2:] - f.box[:2])), *e])
+            boxes.append(f.box.copy())
         pol.decide(img, fs, {})
         camera += [f.method is None for f in fs]
-    rows = np.array(rows, np.float32)
     gal = {n: p.embeddings for n, p in pol.gallery.people.items()}
     cc = pol.cc
-    shown = replay(rows, gal, cc.k, cc.threshold, cc.margin, cc.recheck_every, 0)
+    shown = replay(np.array(rows, np.float32), gal, cc.k, cc.threshold, cc.margin, cc.recheck_every, 0,
+                   np.array(boxes, np.float32), cc.max_move, pol.near)
+    return camera, shown.tolist()
+
+
+def test_eval_replay_is_the_camera_rule(gallery_file, clips):
+    """`anoncam eval --consent` replays the policy's rule on cached embeddings (eval/consent.py): on
+    the same real faces it shows exactly what ConsentPolicy shows (checks in the loop, a recheck every
+    5 frames, a 20-frame gap in the middle: coasting, then a new track)."""
+    pipe = consent_pipe(gallery_file, worker=False, recheck_every=5)
+    frames = list(clips["franck"][3600:3670])
+    frames[30:50] = [np.full_like(frames[0], 128)] * 20
+    camera, shown = camera_and_replay(pipe, frames)
     assert sum(camera) >= 40 and not all(camera)
-    assert shown.tolist() == camera
+    assert shown == camera
+
+
+def crossing(clips, n=56):
+    """640x480 frames of two real people: franck (enrolled; his last minute) standing still, and the
+    cap13 man (not enrolled) passing in front of him from the right to the left, 8 px a frame, so
+    that their boxes meet, overlap and cross. Per frame: the image and the x range of the stranger's
+    patch (anything shown there is the stranger: he is in front)."""
+    out = []
+    for i in range(n):
+        img = np.full((480, 640, 3), 110, np.uint8)
+        img[100:360, 40:280] = clips["franck"][3600 + i][20:280, 90:330]
+        patch = cv2.resize(clips["cap13"][i], None, fx=1.45, fy=1.45)[110:370, 170:410]
+        x = 420 - 8 * i
+        lo, hi = max(x, 0), min(x + 240, 640)
+        img[100:360, lo:hi] = patch[:, lo - x:hi - x]
+        out.append((img, (lo, hi)))
+    return out
+
+
+def test_a_stranger_crossing_an_exempt_face_is_never_shown(gallery_file, tmp_path, clips):
+    """Take-over: where two faces cross, the tracker may hand the exempt track to the stranger, and
+    his box can pass the size and position checks. A track near another face's box starts over, so
+    the stranger is never shown. The same frames with the rule off (near 0) show him: the test
+    exercises a real swap."""
+    g = Gallery.load(gallery_file)
+    del g.people["cap man"]
+    g.path = tmp_path / "franck.json"
+    g.save()
+    frames = crossing(clips)
+    stranger = {}
+    for near in (None, 0.0):
+        pipe = consent_pipe(g.path)
+        if near is not None:
+            pipe.policy.near = near
+        franck = stranger[near] = 0
+        for i, (img, (lo, hi)) in enumerate(frames):
+            res = pipe.process(img.copy(), i)
+            pipe.policy.drain()
+            for f in res.faces:
+                if f.method is None:
+                    cx = float(f.box[0] + f.box[2]) / 2
+                    stranger[near] += lo <= cx < hi
+                    franck += not lo <= cx < hi
+        assert franck >= 10  # he was shown before the stranger came near
+    assert stranger[0.0] > 0, "no take-over in these frames: the test would not catch one"
+    assert stranger[None] == 0
+
+
+def test_eval_replay_is_the_camera_rule_where_faces_cross(gallery_file, clips):
+    """The replay applies the take-over and position checks as the camera does: the crossing frames,
+    two tracks, both enrolled people, checks in the loop."""
+    pipe = consent_pipe(gallery_file, worker=False, recheck_every=5)
+    camera, shown = camera_and_replay(pipe, [img for img, _ in crossing(clips, 50)])
+    assert sum(camera) >= 10 and not all(camera)
+    assert shown == camera
 
 
 def test_the_name_reaches_a_face_only_with_publish_names(gallery_file, clips):

@@ -269,6 +269,9 @@ class ConsentConfig(Strict):
     max_move: float = Field(0.5, gt=0, le=5, description=(
         "A box whose centre moves by more than this fraction of its long side between detected frames "
         "starts over."))
+    near: float = Field(0.5, gt=0, le=5, description=(
+        "A track whose box comes within this fraction of its long side of another face's box (this "
+        "frame or the last) starts over: where faces meet the tracker can swap them."))
     worker: bool = Field(True, description=(
         "Video: the embedding runs in a worker thread beside the frame loop (the loop only crops); a "
         "face stays anonymized until its K matches are in. false: in the loop (stills always are)."))

@@ -7,7 +7,12 @@ cuts the 112x112 aligned crop and hands it over (one job per track at a time) an
 anonymized until K results have come back matching; the continuity checks run on every frame in the
 loop, and any of them failing makes the results still on their way count for nothing (each track
 state has a generation number). An exempt track is matched again every `recheck_every` detected
-frames; a recheck that is not back after twice that covers the face until it is."""
+frames; a recheck that is not back after twice that covers the face until it is.
+
+Take-over: a tracker swaps identities only where two faces meet, and a stranger swapped into an
+exempt track may pass the size and position checks. So a track whose box comes within `near` of its
+long side of another face's box, in this frame or the last, starts over (no checks while near) and
+needs K fresh matches once apart."""
 from __future__ import annotations
 
 import itertools
@@ -88,6 +93,8 @@ class ConsentPolicy:
         self.embedder = embedder or Embedder(1)
         self.worker = EmbedWorker(self.embedder) if cc.worker else None
         self.tracks: dict[int, TrackState] = {}
+        self.near = cc.near
+        self._last_boxes: dict[int, np.ndarray] = {}  # track id -> box in the previous frame
         self.counts = {"exempt": 0, "anonymized": 0}  # face-frames
         self.exempted: list[tuple[int, str]] = []     # (track id, name) that became exempt this frame
         if not self.gallery.people:
@@ -126,16 +133,19 @@ class ConsentPolicy:
                     st.pending = False
                     if gen == st.gen:  # nothing broke the track's continuity since the crop
                         self._apply(tid, st, e, False)
+        video = [f for f in faces if not f.still]  # a still has no track to swap
+        crowded = near_others(video, self._last_boxes, self.near)
+        self._last_boxes = {f.track_id: f.box.copy() for f in video}
         for f in faces:
             st = self.tracks.get(f.track_id)
             if st is None:
                 st = self.tracks[f.track_id] = TrackState(gen=next(_GEN))
-            f.method = None if self._visible(frame, f, st) else self.method
+            f.method = None if self._visible(frame, f, st, f.track_id in crowded) else self.method
             if f.method is None and self.cc.publish_names:
                 f.consent_name = st.name  # for the MQTT exempt event; memory only
             self.counts["exempt" if f.method is None else "anonymized"] += 1
 
-    def _visible(self, frame: np.ndarray, f: Face, st: TrackState) -> bool:
+    def _visible(self, frame: np.ndarray, f: Face, st: TrackState, crowded: bool = False) -> bool:
         cc = self.cc
         if not f.detected or f.landmarks is None or not self.gallery.people:
             st.clear()
@@ -146,7 +156,7 @@ class ConsentPolicy:
         jump = st.size is not None and (abs(size / st.size - 1) > cc.max_size_change
                                         or float(np.max(np.abs(centre - st.centre))) > cc.max_move * st.size)
         st.size, st.centre = size, centre
-        if jump:
+        if jump or crowded:
             st.clear()
             return False
         if st.exempt:
@@ -179,3 +189,18 @@ class ConsentPolicy:
         if st.run >= k and not st.exempt:
             st.exempt = True
             self.exempted.append((tid, name))
+
+
+def boxes_near(a: np.ndarray, b: np.ndarray, near: float) -> bool:
+    """Do boxes a and b (x0, y0, x1, y1) come within `near` x the longer of their long sides?"""
+    gap = np.maximum(np.maximum(b[:2] - a[2:], a[:2] - b[2:]), 0)
+    reach = near * max(float(np.max(a[2:] - a[:2])), float(np.max(b[2:] - b[:2])))
+    return bool(np.all(gap < reach))
+
+
+def near_others(faces: list[Face], last: dict[int, np.ndarray], near: float) -> set[int]:
+    """Track ids whose box is near another face's box in this frame (coasting ones too) or near
+    another track's box in the previous frame."""
+    others = [(f.track_id, f.box) for f in faces] + [(t, b) for t, b in last.items()]
+    return {f.track_id for f in faces
+            if any(t != f.track_id and boxes_near(f.box, b, near) for t, b in others)}

@@ -1,7 +1,8 @@
 """Embeddings of the evaluation faces for the consent section (`anoncam eval --consent`), computed
 once and cached: ORL's 400 photos and the group photos as stills, and every frame of franck, cap12
 and cap13 through the pipeline's detect -> track -> landmarks (per face: frame, track id, detected,
-box size, embedding). Public dataset faces only; the camera itself never stores an embedding."""
+box size, embedding; the boxes apart). Public dataset faces only; the camera itself never stores an
+embedding."""
 from __future__ import annotations
 
 import numpy as np
@@ -26,21 +27,22 @@ def still_faces(pipe, emb, img) -> list[np.ndarray]:
     return [emb.embed(img, f.landmarks) for f in faces if f.landmarks is not None]
 
 
-def clip_faces(pipe, emb, name: str) -> np.ndarray:
+def clip_faces(pipe, emb, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Rows: frame, track id, detected (with landmarks), box long side, then 128 embedding values
-    (zeros when not detected)."""
+    (zeros when not detected); and the boxes (x0, y0, x1, y1) of the same rows."""
     pipe.reset()
-    rows = []
+    rows, boxes = [], []
     for i, img in enumerate(video_frames(name, 10 ** 6)):
         for f in pipe._faces(img, i, None, False, {}, pipe.detect(img, i)):
             ok = f.detected and f.landmarks is not None
             e = emb.embed(img, f.landmarks) if ok else np.zeros(128, np.float32)
             rows.append([i, f.track_id, float(ok), float(max(f.box[2:] - f.box[:2])), *e])
-    return np.array(rows, np.float32)
+            boxes.append(f.box)
+    return np.array(rows, np.float32), np.array(boxes, np.float32).reshape(-1, 4)
 
 
 def load(progress=print) -> dict:
-    path = assets.cache_dir() / "eval-consent" / "embeddings-v1.npz"
+    path = assets.cache_dir() / "eval-consent" / "embeddings-v2.npz"
     if path.is_file():
         return dict(np.load(path, allow_pickle=False))
     pipe, emb = _pipe(), Embedder(1)
@@ -57,7 +59,7 @@ def load(progress=print) -> dict:
     out["groups"] = np.array(groups, np.float32).reshape(-1, 128)
     progress(f"consent: {len(groups)} group-photo faces")
     for name in CLIPS:
-        out[name] = clip_faces(pipe, emb, name)
+        out[name], out[name + "_boxes"] = clip_faces(pipe, emb, name)
         progress(f"consent: {name} {len(out[name])} face-frames")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".part.npz")
