@@ -273,6 +273,7 @@ def test_sigkill_keeps_the_open_segment(camera, media, tmp_path, cli_env, daemon
     assert "recovery: kept " + part[0].name.replace(".part", "") in d2.text(), d2.text()[-3000:]
     kept = part[0].with_name(part[0].name.replace(".part", ""))
     n = count_frames(kept)
+    print(f"SIGKILL: {n} frames kept, {logged} counted before the kill")
     assert n >= logged - 15, f"{n} frames kept of at least {logged} written"
     assert cv2.VideoCapture(str(kept)).get(cv2.CAP_PROP_FRAME_COUNT) == n
     assert len(list(out.rglob("*.mp4"))) == 2 and not list(out.rglob("*.part.*"))
@@ -318,6 +319,8 @@ def test_disk_full_frees_space_and_recovers(camera, media, tmp_path, cli_env, da
     assert d.proc.returncode == 0 and took < STOP_TIMEOUT_S + STOP_MARGIN_S
     text = d.text()
     errors = len(re.findall(r"sink DiskSink failed", text))
+    print(f"disk full: {errors} write errors, {text.count('retention (free space)')} deletions for space, "
+          f"{text.count('segment written')} segments written, {text.count('cut short')} cut short")
     assert 1 <= errors <= 20, f"{errors} write errors logged"
     names = outputs(out)
     assert not [n for n in names if ".part" in n or n.endswith(".tmp")], names
