@@ -14,7 +14,7 @@ from pathlib import Path
 from ..sinks.files import write_atomic
 
 log = logging.getLogger(__name__)
-NAME = re.compile(r"[0-9]{12}\.msg")
+NAME = re.compile(r"[0-9]{12,}\.msg")  # 12 digits, more after 10^12 messages
 BAD = ".bad"
 
 
@@ -25,7 +25,7 @@ class Spool:
         for stale in self.dir.glob(".*.tmp"):
             stale.unlink(missing_ok=True)
         self.max_bytes = max_bytes
-        self.items: deque[tuple[str, int]] = deque(sorted(self._scan()))
+        self.items: deque[tuple[str, int]] = deque(sorted(self._scan(), key=lambda item: int(item[0][:-4])))
         self.bytes = sum(s for _, s in self.items)
         self.unsent = len(self.items)  # the last `unsent` items have not been handed to the client yet
         self.next_id = int(self.items[-1][0][:-4]) + 1 if self.items else 0
