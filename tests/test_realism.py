@@ -63,6 +63,17 @@ def test_original_against_itself_scores_one(faces):
     assert R.flicker_ratio(frames, [f.copy() for f in frames], [det.box] * 4) == 1.0
 
 
+def test_skin_delta_zero_for_the_original_and_large_for_a_darkened_face(faces):
+    for img, d, lm in faces:
+        assert R.skin_delta(img, img, lm) == 0.0
+        dark = (img.astype(np.float32) * 0.6).astype(np.uint8)
+        assert R.skin_delta(img, dark, lm) > R.SKIN_DELTA
+        # a shift of the colour outside the inner face does not count
+        far = img.copy()
+        far[:, : max(1, int(d.box[0]) - 2)] = 0
+        assert R.skin_delta(img, far, lm) < 0.5
+
+
 def test_gaussian_blur_scores_far_below_in_detail(faces):
     for img, det, _ in faces:
         inside, ring = R.detail_ratio(img, _blur(img, det.box), det.box)

@@ -10,6 +10,7 @@ Each measure is a ratio to the same measure on the original, so the original sco
   else the ellipse inscribed in the face box grown by mask_scale (1.4, the default cover).
 - two_sample_auc: real vs anonymized crops, cross-validated L2 logistic regression; 0.5 means the
   classifier cannot tell them apart on these features.
+- skin_delta: Lab distance of the inner face's mean colour (not a ratio: 0 = the original's tone).
 - flicker_ratio: mean frame-to-frame change inside the face box, anonymized over original (> 1:
   flicker; < 1: steadier than the original, which also means less of its expression moves).
 """
@@ -153,6 +154,23 @@ def flicker_ratio(orig_frames, anon_frames, boxes) -> float:
                 num += float(np.abs(cur[1] - prev[1])[m].mean())
         prev = cur
     return num / den if den > 0 else float("nan")
+
+
+SKIN_SCALE = 0.8  # the inner face: the FaceMesh face oval scaled by this about its centroid
+SKIN_DELTA = 8.0  # Lab units: the skin-tone target (issue 14: within this on >= 90 % of faces)
+
+
+def skin_delta(orig: np.ndarray, anon: np.ndarray, landmarks: np.ndarray) -> float:
+    """Distance (CIE Lab units) between the mean Lab colour of the inner face (the face oval x0.8 of
+    the original's landmarks) in the anonymized image and in the original."""
+    from ..detect.facemesh import FACE_OVAL
+    from ..geometry import grown
+    m = np.zeros(orig.shape[:2], np.uint8)
+    cv2.fillPoly(m, [np.round(grown(landmarks[FACE_OVAL], SKIN_SCALE)).astype(np.int32)], 1)
+    if not m.any():
+        return float("nan")
+    lab = [cv2.cvtColor(im.astype(np.float32) / 255.0, cv2.COLOR_BGR2Lab)[m > 0].mean(0) for im in (orig, anon)]
+    return float(np.linalg.norm(lab[0] - lab[1]))
 
 
 # two-sample test ---------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ def measure_faces(inst, net: FaceApiNet, runs: dict, faces: list[dict]) -> tuple
             seam = R.seam_ratio(f["img"], anon, poly, feather=feather)
             per.append({"source": f["source"], "kind": f["kind"], "face_px": round(f["det"].size),
                         "detail_inside": inside, "detail_ring": ring, "seam_colour": seam.colour,
-                        "seam_texture": seam.gradient})
+                        "seam_texture": seam.gradient, "skin_delta": R.skin_delta(f["img"], anon, f["lm"])})
             stats.append(R.stat_features(anon, f["det"].box))
             embs.append(net.embed(anon, inst.landmarks(anon, f["det"])))  # aligned on the anonymized face
             rows[i][run.name] = tile(anon, f["det"].box, CELL)
@@ -107,6 +107,9 @@ def measure_faces(inst, net: FaceApiNet, runs: dict, faces: list[dict]) -> tuple
         entry["by_kind"] = {kind: {k: _median([p[k] for p in per if p["kind"] == kind])
                                    for k in ("detail_inside", "detail_ring", "seam_colour", "seam_texture")}
                             for kind in dict.fromkeys(p["kind"] for p in per)}
+        skin = [p["skin_delta"] for p in per if np.isfinite(p["skin_delta"])]
+        entry["skin_delta"] = _median(skin)
+        entry["skin_within"] = float(np.mean(np.array(skin) <= R.SKIN_DELTA)) if skin else None
         entry["auc_stats"] = R.two_sample_auc(orig_stats, np.array(stats), groups)
         entry["auc_faceapi"] = R.two_sample_auc(orig_emb, np.array(embs), groups)
         entry["faces"] = per
@@ -316,7 +319,11 @@ def markdown(rep: dict) -> list[str]:
                                                  for x in KEYS)
                      + f" | {_f(m['auc_stats'])} | {_f(m['auc_faceapi'])} | {_rank1(r1)} | "
                      + " | ".join(_f(c.get(name)) for c in rep["flicker"].values()) + " |")
-    lines += ["", "Detail by kind of face (inside / ring):", ""]
+    lines += ["", f"Skin tone (mean Lab of the inner face, face oval x{R.SKIN_SCALE:g}; target within "
+              f"{R.SKIN_DELTA:g} units on >= 90 % of faces): " + "; ".join(
+                  f"{name} {_f(m.get('skin_within'), '{:.0%}')} within, median {_f(m.get('skin_delta'), '{:.1f}')}"
+                  for name, m in rep["methods"].items()) + ".", "",
+              "Detail by kind of face (inside / ring):", ""]
     for name, m in rep["methods"].items():
         lines.append(f"- {name}: " + "; ".join(f"{kind} {_f(v['detail_inside'], '{:.3f}')} / "
                                               f"{_f(v['detail_ring'], '{:.3f}')}" for kind, v in m["by_kind"].items()))
