@@ -99,3 +99,36 @@ def test_rate_limit_per_setting_and_the_dropped_report(tmp_path):
     d.handle(f"{BASE}/method/set", b"solid")  # a second later the setting takes commands again
     control.apply_pending()
     assert (control.method, control.enabled) == ("solid", False)
+
+
+def test_home_assistant_online_flood_costs_little(media, tmp_path, cli_env, broker):  # noqa: F811
+    """1,000 `online` announcements on homeassistant/status (anyone on the broker may send them) make
+    the camera publish discovery again at most once per HA_ONLINE_EVERY_S, not 8 configs each."""
+    from anoncam.mqtt.sink import HA_ONLINE_EVERY_S
+    sub = Sub(broker.port, topics=("homeassistant/#",))
+    cfg = daemon_config(tmp_path, fps=15)
+    proc = start_daemon(media, tmp_path, cli_env, f"mqtt://127.0.0.1:{broker.port}", cfg, 100000)
+
+    def again():  # discovery configs sent again (live, not the retained copies a new subscriber gets)
+        return [m for m in sub.msgs if m.topic.endswith("/config") and not m.retain]
+
+    try:
+        assert sub.wait(lambda: len(sub.msgs) >= 8, 60)
+        flood = mqtt.Client(CallbackAPIVersion.VERSION2)
+        flood.connect("127.0.0.1", broker.port)
+        flood.loop_start()
+        t = time.monotonic()
+        infos = [flood.publish("homeassistant/status", "online", qos=1) for _ in range(1000)]
+        for info in infos:
+            info.wait_for_publish(60)
+        took = time.monotonic() - t
+        flood.disconnect()
+        flood.loop_stop()
+        assert sub.wait(lambda: len(again()) >= 8, 15), "the first announcement is answered"
+        time.sleep(1.0)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+    finish(proc)
+    sub.close()
+    rounds = len(again()) / 8
+    assert rounds <= took / HA_ONLINE_EVERY_S + 3, (len(again()), took)

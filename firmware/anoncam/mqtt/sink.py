@@ -6,6 +6,7 @@ waits on the network. The sink sees the camera only through Control; it holds no
 no config."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from ..config import Config
@@ -17,6 +18,8 @@ from .commands import CommandDispatcher
 from .connection import Connection
 from .publisher import Publisher
 from .topics import Topics
+
+HA_ONLINE_EVERY_S = 5.0  # Home Assistant's `online`: discovery again at most this often (a flood costs nothing)
 
 
 class MqttSink:
@@ -34,6 +37,7 @@ class MqttSink:
             from ..consent.command import RevokeCommand
             self.revoke = RevokeCommand(cfg, self.topics.base)
         control.subscribe(self.publisher.changed)
+        self._ha_online_at: float | None = None
         self.conn.start(self._on_connect, self._on_message)
 
     @property
@@ -69,7 +73,10 @@ class MqttSink:
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         if topic == self.publisher.ha_status_topic:
-            if payload == b"online" and self.conn.connected:  # Home Assistant restarted
+            now = time.monotonic()
+            if payload == b"online" and self.conn.connected and (  # Home Assistant restarted
+                    self._ha_online_at is None or now - self._ha_online_at >= HA_ONLINE_EVERY_S):
+                self._ha_online_at = now
                 self.publisher.ha_online()
         elif self.revoke is not None and topic == self.revoke.topic:
             error = self.revoke.handle(payload)
