@@ -294,3 +294,29 @@ def test_bad_spool_file_does_not_hold_up_stop(tmp_path, broker):  # noqa: F811
     assert time.monotonic() - t < 60, "close waited for the damaged spool file"
     assert len(conn.spool) == 0 and sorted(p.name for p in d.iterdir()) == ["000000000000.msg.bad"]
     sub.close()
+
+
+def test_still_declaring_too_many_pixels_is_refused_unread(tmp_path, media):
+    """A small file can declare gigabytes (a PNG of zeros, or a JPEG whose header is edited): over
+    MAX_PIXELS it is refused from its header, before anything is allocated; real stills pass."""
+    import struct
+    import zlib
+
+    from anoncam.capture.files import MAX_PIXELS, declared_size
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+    img = cv2.imread(str(media["astronaut"]))
+    jpg = bytearray(cv2.imencode(".jpg", img)[1].tobytes())
+    assert declared_size(bytes(jpg)) == (img.shape[1], img.shape[0])
+    sof = jpg.index(b"\xff\xc0")
+    jpg[sof + 5:sof + 9] = struct.pack(">HH", 20000, 20000)
+    for name, data in (("bomb.png", png), ("bomb.jpg", bytes(jpg))):
+        (tmp_path / name).write_bytes(data)
+        assert 20000 * 20000 > MAX_PIXELS
+        with pytest.raises(ValueError, match="20000x20000 pixels, over the"):
+            read_image(tmp_path / name)
+    assert read_image(media["astronaut"]).shape == img.shape

@@ -44,13 +44,37 @@ def jpeg_end(data: bytes) -> int | None:
     return None
 
 
+MAX_PIXELS = 1 << 28  # 268 MP (805 MB decoded): a still over it is refused before it is decoded
+SOF = {*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC}  # JPEG start-of-frame markers (not DHT, JPG, DAC)
+
+
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR or a JPEG's start-of-frame header; None for other formats or
+    when the header is not found (OpenCV's own limit of 2^30 pixels still applies then)."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    i, n = 2, len(data)
+    while data[:2] == b"\xff\xd8" and i + 9 <= n and data[i] == 0xFF:
+        m = data[i + 1]
+        if m in SOF:
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+        if m == 0xFF or m == 0x01 or 0xD0 <= m <= 0xD9 or m == 0xDA:  # fill, no length, or the scan: stop
+            return None
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
 def read_image(path: Path) -> np.ndarray:
-    """Decode an image file to BGR uint8; raise ValueError with the reason when it cannot be. A JPEG
+    """Decode an image file to BGR uint8; raise ValueError with the reason when it cannot be. A PNG or
+    JPEG declaring more than MAX_PIXELS is refused unread (a small file can declare gigabytes). A JPEG
     must be complete (libjpeg decodes a cut-off one with a warning and grey rows); data after its end
     (a motion photo's video) is left out."""
     data = path.read_bytes()
     if not data:
         raise ValueError(f"{path}: empty file")
+    size = declared_size(data)
+    if size is not None and size[0] * size[1] > MAX_PIXELS:
+        raise ValueError(f"{path}: {size[0]}x{size[1]} pixels, over the {MAX_PIXELS / 1e6:.0f} MP limit for a still")
     if data[:2] == b"\xff\xd8":
         end = jpeg_end(data)
         if end is None:
