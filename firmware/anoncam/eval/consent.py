@@ -8,6 +8,7 @@ themselves) and reported on faces they were not tuned on: ORL impostor trials in
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import numpy as np
@@ -19,14 +20,27 @@ SIZE_JUMP = 0.25
 ENROLL_SAMPLES = 30
 
 
+gammaln = np.vectorize(math.lgamma)
+
+
 def upper95(shown: int, n: int) -> float:
     """Exact (Clopper-Pearson) one-sided 95 % upper bound; for 0 events 1 - 0.05^(1/n)."""
     if n == 0:
         return 1.0
     if shown == 0:
         return 1 - 0.05 ** (1 / n)
-    from scipy.stats import beta
-    return float(beta.ppf(0.95, shown + 1, n - shown))
+    if shown >= n:
+        return 1.0
+    i = np.arange(shown + 1)
+    logc = gammaln(n + 1) - gammaln(i + 1) - gammaln(n - i + 1)
+
+    def cdf(p):  # P(X <= shown) for X ~ Binomial(n, p)
+        return float(np.exp(logc + i * np.log(p) + (n - i) * np.log1p(-p)).sum())
+    lo, hi = shown / n, 1.0
+    for _ in range(100):  # the p at which cdf = 0.05 (cdf falls as p grows)
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) > 0.05 else (lo, mid)
+    return hi
 
 
 def scores(gal: dict, e: np.ndarray) -> tuple[float, float]:
@@ -145,44 +159,47 @@ def genuine(rows: np.ndarray, shown: np.ndarray, lo: int, fps: float) -> dict:
             "tracks": len({int(r[1]) for r in rows if r[0] >= lo}), "time_to_exempt_frames": list(tte.values())}
 
 
-def run(cc=None, lag: int = 2) -> dict:
+def run(cc=None, lag: int = 2, subset: bool = False) -> dict:
     """The consent section for the config's consent settings `cc` (default: the built-in ones): K, T,
     M, the still threshold and margin, and recheck_every are the camera's; the ORL tuning split says
     what it would choose. `lag`: frames a check's result takes to come back from the worker (0 when
-    consent.worker is off)."""
+    consent.worker is off). `subset`: consent_data.SUBSET (10 ORL people, 72 frames per clip stretch;
+    tests), else every face."""
     from ..config import ConsentConfig
     cc = cc or ConsentConfig()
     lag = lag if cc.worker else 0
-    d = load()
+    d = load(subset=subset)
     orl, ok = d["orl"], d["orl_ok"]
-    gal_orl = {p: orl[p, :3][ok[p, :3]] for p in range(40)}
+    n_orl = len(orl)
+    half = n_orl // 2  # tuned on the first half of the people
+    gal_orl = {p: orl[p, :3][ok[p, :3]] for p in range(n_orl)}
 
     def orl_impostor(enrolled, impostors):
         return np.array([float(np.max(gal_orl[p] @ orl[q, s])) for p in enrolled for q in impostors
                          if q != p for s in range(10) if ok[q, s]])
-    tune = orl_impostor(range(20), range(20))
+    tune = orl_impostor(range(half), range(half))
     k, t_video, m_video, t_still, m_still = cc.k, cc.threshold, cc.margin, cc.still_threshold, cc.still_margin
-    held = np.concatenate([orl_impostor(range(20, 40), range(40)), orl_impostor(range(20), range(20, 40))])
+    held = np.concatenate([orl_impostor(range(half, n_orl), range(n_orl)), orl_impostor(range(half), range(half, n_orl))])
     groups = d["groups"]
     fr, c12, c13 = d["franck"], d["cap12"], d["cap13"]
     gal_f = {"franck": enroll_rows(fr, 0, 24 * 60)}
     gal_c = {"cap": enroll_rows(c12, 0, 10 ** 6)}
-    all_gals = [{p: gal_orl[p]} for p in range(40)] + [gal_f, gal_c]
+    all_gals = [{p: gal_orl[p]} for p in range(n_orl)] + [gal_f, gal_c]
     group_scores = np.array([scores(g, e)[0] for g in all_gals for e in groups])
-    out = {"k": k, "threshold": t_video, "margin": m_video, "still_threshold": t_still, "still_margin": m_still,
-           "recheck_every": cc.recheck_every, "lag_frames": lag,
+    out = {"orl_people": n_orl, "k": k, "threshold": t_video, "margin": m_video, "still_threshold": t_still, "still_margin": m_still,
+           "recheck_every": cc.recheck_every, "lag_frames": lag, "near": cc.near, "subset": subset,
            "tuning": {"orl_impostor_trials": int(tune.size), "max_cos": float(tune.max()),
                       "q999_cos": float(np.quantile(tune, 0.999)),
                       # the rule the defaults came from: headroom over the worst / the 99.9 % tuning impostor
                       "suggested_still_threshold": round(float(tune.max()) + 0.05, 2),
                       "suggested_threshold": round(float(np.quantile(tune, 0.999)) + 0.05, 2)}}
-    orl_vs_clips = np.array([scores(g, orl[q, s])[0] for g in (gal_f, gal_c) for q in range(40)
+    orl_vs_clips = np.array([scores(g, orl[q, s])[0] for g in (gal_f, gal_c) for q in range(n_orl)
                              for s in range(10) if ok[q, s]])
 
     def still_shown(sc_margin):
         return int(sum(1 for c, mg in sc_margin if c >= t_still and mg >= m_still))
     held_ok = [(c, c) for c in held]  # one enrolled person: the margin is over 0
-    orl_clip_ok = [scores(g, orl[q, s]) for g in (gal_f, gal_c) for q in range(40) for s in range(10) if ok[q, s]]
+    orl_clip_ok = [scores(g, orl[q, s]) for g in (gal_f, gal_c) for q in range(n_orl) for s in range(10) if ok[q, s]]
     group_ok = [scores(g, e) for g in all_gals for e in groups]
     trials = {"orl_heldout_stills": (still_shown(held_ok), int(held.size), float(held.max())),
               "orl_vs_clip_people_stills": (still_shown(orl_clip_ok), int(orl_vs_clips.size),
@@ -199,7 +216,7 @@ def run(cc=None, lag: int = 2) -> dict:
     shown = sum(v[0] for v in trials.values())
     out["impostors"] = {k2: {"shown": v[0], "trials": v[1], "max_cos": round(v[2], 3)} for k2, v in trials.items()}
     out["impostor_total"] = {"shown": shown, "trials": n, "rate": shown / n, "upper95": upper95(shown, n)}
-    gen_orl = np.array([float(np.max(gal_orl[p] @ orl[p, s])) for p in range(40) for s in range(3, 10) if ok[p, s]])
+    gen_orl = np.array([float(np.max(gal_orl[p] @ orl[p, s])) for p in range(n_orl) for s in range(3, 10) if ok[p, s]])
     out["orl_genuine_still_exempt"] = float((gen_orl >= t_still).mean())
     fps = {"franck_last_minute": 24, "cap13_enrolled_from_cap12": 25}
     out["franck_last_minute"] = genuine(fr, rule("franck", fr, gal_f), 4800 - 24 * 60, 24)
@@ -219,9 +236,10 @@ def markdown(rep: dict) -> list[str]:
     lines = ["", "## Consent (enrolled people stay visible)", "",
              f"Settings: K {rep['k']}, threshold {rep['threshold']}, margin {rep['margin']}, still "
              f"{rep['still_threshold']} / {rep['still_margin']}, recheck every {rep['recheck_every']} detected "
-             f"frames, results {rep['lag_frames']} frame(s) after the crop. Tuned on ORL people 1-20 "
+             f"frames, results {rep['lag_frames']} frame(s) after the crop, faces within {rep['near']} of a box of another "
+             f"face start over. Tuned on ORL people 1-{rep['orl_people'] // 2} "
              f"({rep['tuning']['orl_impostor_trials']} impostor stills, max cosine {rep['tuning']['max_cos']:.3f}); "
-             "reported on faces not tuned on.", "",
+             "reported on faces not tuned on." + (" A small subset of the faces (tests)." if rep["subset"] else ""), "",
              "| impostor trials | shown | trials | max cosine |", "|---|---|---|---|"]
     for name, v in rep["impostors"].items():
         lines.append(f"| {name} | {v['shown']} | {v['trials']} | {v['max_cos']} |")

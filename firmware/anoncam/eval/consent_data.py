@@ -15,6 +15,11 @@ from .datasets import group_photo, load_orl, orl_images, video_frames
 
 CLIPS = ("franck", "cap12", "cap13")
 GROUPS = tuple(f"group{i}" for i in range(1, 7))
+# A small subset for tests: 10 ORL people, one group photo, 72 frames of each clip's stretches
+# (franck: from his first minute and his last), with the frame numbers of the full clips.
+SUBSET = {"orl_people": 10, "groups": GROUPS[:1],
+          "clips": {"franck": [(0, 72), (3600, 3672)], "cap12": [(0, 72)], "cap13": [(0, 72)]}}
+FULL = {"orl_people": 40, "groups": GROUPS, "clips": dict.fromkeys(CLIPS)}
 
 
 def _pipe() -> Pipeline:
@@ -27,12 +32,19 @@ def still_faces(pipe, emb, img) -> list[np.ndarray]:
     return [emb.embed(img, f.landmarks) for f in faces if f.landmarks is not None]
 
 
-def clip_faces(pipe, emb, name: str) -> tuple[np.ndarray, np.ndarray]:
+def clip_faces(pipe, emb, name: str, ranges=None) -> tuple[np.ndarray, np.ndarray]:
     """Rows: frame, track id, detected (with landmarks), box long side, then 128 embedding values
-    (zeros when not detected); and the boxes (x0, y0, x1, y1) of the same rows."""
+    (zeros when not detected); and the boxes (x0, y0, x1, y1) of the same rows. `ranges`: [start,
+    end) frame ranges to run (each from a fresh tracker); None: the whole clip."""
     pipe.reset()
     rows, boxes = [], []
-    for i, img in enumerate(video_frames(name, 10 ** 6)):
+    end = max(b for _, b in ranges) if ranges else 10 ** 6
+    for i, img in enumerate(video_frames(name, end)):
+        if ranges:
+            if not any(a <= i < b for a, b in ranges):
+                continue
+            if any(a == i for a, _ in ranges):
+                pipe.reset()
         for f in pipe._faces(img, i, None, False, {}, pipe.detect(img, i)):
             ok = f.detected and f.landmarks is not None
             e = emb.embed(img, f.landmarks) if ok else np.zeros(128, np.float32)
@@ -41,25 +53,27 @@ def clip_faces(pipe, emb, name: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array(rows, np.float32), np.array(boxes, np.float32).reshape(-1, 4)
 
 
-def load(progress=print) -> dict:
-    path = assets.cache_dir() / "eval-consent" / "embeddings-v2.npz"
+def load(progress=print, subset: bool = False) -> dict:
+    """The embeddings (cached); `subset`: the small SUBSET instead of every face (tests)."""
+    what = SUBSET if subset else FULL
+    path = assets.cache_dir() / "eval-consent" / ("embeddings-v2-subset.npz" if subset else "embeddings-v2.npz")
     if path.is_file():
         return dict(np.load(path, allow_pickle=False))
     pipe, emb = _pipe(), Embedder(1)
     out = {}
-    orl = np.zeros((40, 10, 128), np.float32)
-    orl_ok = np.zeros((40, 10), bool)
-    for im in orl_images(40):
+    orl = np.zeros((what["orl_people"], 10, 128), np.float32)
+    orl_ok = np.zeros((what["orl_people"], 10), bool)
+    for im in orl_images(what["orl_people"]):
         es = still_faces(pipe, emb, load_orl(im))
         if len(es) == 1:
             orl[im.person - 1, im.shot - 1], orl_ok[im.person - 1, im.shot - 1] = es[0], True
     out["orl"], out["orl_ok"] = orl, orl_ok
     progress(f"consent: ORL {orl_ok.sum()} of 400 photos with one face")
-    groups = [e for g in GROUPS for e in still_faces(pipe, emb, group_photo(g))]
+    groups = [e for g in what["groups"] for e in still_faces(pipe, emb, group_photo(g))]
     out["groups"] = np.array(groups, np.float32).reshape(-1, 128)
     progress(f"consent: {len(groups)} group-photo faces")
     for name in CLIPS:
-        out[name], out[name + "_boxes"] = clip_faces(pipe, emb, name)
+        out[name], out[name + "_boxes"] = clip_faces(pipe, emb, name, what["clips"][name])
         progress(f"consent: {name} {len(out[name])} face-frames")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".part.npz")
