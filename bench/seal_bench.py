@@ -3,11 +3,13 @@
 Per clip at 640x480, 1 thread, blur: the frame loop's share of sealing (SealPolicy's copy of each
 face region + VideoSeal.add, live: it never waits) per face, p50/p95, and the frames it dropped; the
 segment's hand-off to SealWriter on the loop against the flush + age + write done by the worker; the
-encoder's H.264 encode per frame (CPU beside the loop) and its share of a 25 fps frame (40 ms);
+face stream's encode per frame (CPU beside the loop) and its share of a 25 fps frame (40 ms). Frames
+come at --fps (25: the camera's pace; the frames the live encoder dropped are sealed again, waiting,
+for the figures below);
 sealed bytes against the anonymized segment's bytes (as the DiskSink writes it); PSNR of each
 restored region (the ROI, what reveal pastes) against the captured pixels; reveal throughput.
 
-    .venv/bin/python bench/seal_bench.py [--frames 240] [--crf 17] [--preset medium]
+    .venv/bin/python bench/seal_bench.py [--frames 240] [--crf 17] [--codec libx264] [--preset medium] [--fps 25]
 """
 from __future__ import annotations
 
@@ -48,10 +50,11 @@ class Timed(seal.SealPolicy):
     def __init__(self, cfg):
         super().__init__(AnonymizeAll(cfg.method), cfg)
         self.ms: list[float] = []
+        self.cpu: list[float] = []  # this thread's CPU (without waits for the core or the GIL)
 
     def decide(self, frame, faces, sidecar):
         self.inner.decide(frame, faces, sidecar)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         inner, self.inner = self.inner, _Noop()
         try:
             super().decide(frame, faces, sidecar)
@@ -59,6 +62,7 @@ class Timed(seal.SealPolicy):
             self.inner = inner
         if faces:
             self.ms.append((time.perf_counter() - t) * 1000 / len(faces))
+            self.cpu.append((time.thread_time() - c) * 1000 / len(faces))
 
 
 class _Noop:
@@ -66,7 +70,7 @@ class _Noop:
         pass
 
 
-def run(name: str, n: int, crf: int, recipient, identity, tmp: Path) -> None:
+def run(name: str, n: int, crf: int, recipient, identity, tmp: Path, fps: float) -> None:
     cfg = validate({"anonymize": {"method": "blur"}, "runtime": {"threads": 1}}, "bench")
     policy = Timed(cfg.anonymize)
     pipe = Pipeline.from_config(cfg, policy)
@@ -74,15 +78,19 @@ def run(name: str, n: int, crf: int, recipient, identity, tmp: Path) -> None:
     media = tmp / f"{name}.mp4"
     video = VideoFile(media, 25.0, (W, H))
     vs = seal.VideoSeal(25.0, (W, H), crf, live=True)
-    add_ms, crops, faces = [], [], 0
+    add_ms, add_cpu, crops, faces = [], [], [], 0
+    start = time.perf_counter()
     for i, frame in enumerate(frames_of(name, n)):
+        if fps:  # frames come at the camera's rate, as in the daemon
+            time.sleep(max(0.0, start + i / fps - time.perf_counter()))
         res = pipe.process(frame, i, live=False)
         video.write(res.image)
         c = res.sidecar.get("seal")
-        t = time.perf_counter()
+        t, tc = time.perf_counter(), time.thread_time()
         vs.add(c)
         if c is not None and c.items:
             add_ms.append((time.perf_counter() - t) * 1000 / len(c.items))
+            add_cpu.append((time.thread_time() - tc) * 1000 / len(c.items))
             crops.append((i, c))
             faces += len(c.items)
     video.commit()
@@ -94,10 +102,13 @@ def run(name: str, n: int, crf: int, recipient, identity, tmp: Path) -> None:
     t = time.perf_counter()
     writer.close()
     close_ms = (time.perf_counter() - t) * 1000
+    if dropped or not fps:  # sizes and PSNR of every frame's faces: seal them all again, waiting
+        full = seal.VideoSeal(25.0, (W, H), crf)
+        by_frame = dict(crops)
+        for j in range(i + 1):
+            full.add(by_frame.get(j))
+        write_atomic(seal.sidecar_path(media), seal.encrypt(full.finish(media), recipient))
     sealed = seal.sidecar_path(media).read_bytes()
-    if dropped:  # the bench feeds frames unpaced: measure the rest on what was sealed
-        kept = set(seal.open_sidecar(media, identity)[0]["stream_frames"])
-        crops = [(fr, c) for fr, c in crops if fr in kept]
     # the worker's encode, timed again in this thread on the same regions (1 thread)
     enc = seal.VideoSeal(25.0, (W, H), crf)
     enc.worker.join(0)
@@ -114,6 +125,7 @@ def run(name: str, n: int, crf: int, recipient, identity, tmp: Path) -> None:
             enc.out.mux(pk)
         per.append((time.process_time() - t) * 1000)
     loop = np.array(policy.ms) + np.array(add_ms[:len(policy.ms)])
+    loop_cpu = np.array(policy.cpu) + np.array(add_cpu[:len(policy.cpu)])
     vbytes, sbytes = media.stat().st_size, len(sealed)
     secs = i / 25.0 + 1 / 25.0
     t = time.perf_counter()
@@ -134,7 +146,8 @@ def run(name: str, n: int, crf: int, recipient, identity, tmp: Path) -> None:
             mse = np.mean((restored[fr][y0:y1, x0:x1].astype(np.float64) - px) ** 2)
             ps.append(99.0 if mse == 0 else 10 * np.log10(255 ** 2 / mse))
     print(f"{name}: {i + 1} frames, {per_frame:.1f} faces/frame | in the loop per face "
-          f"p50 {np.percentile(loop, 50):.3f} p95 {np.percentile(loop, 95):.3f} ms, {dropped} frames dropped | "
+          f"p50 {np.percentile(loop, 50):.3f} p95 {np.percentile(loop, 95):.3f} ms (thread CPU p50 "
+          f"{np.percentile(loop_cpu, 50):.3f} p95 {np.percentile(loop_cpu, 95):.3f} ms), {dropped} frames dropped | "
           f"encode beside it p50 {np.percentile(per, 50):.2f} p95 {np.percentile(per, 95):.2f} ms/frame = "
           f"{np.percentile(per, 50) / 40 * 100:.1f} % of a 25 fps frame | segment close: {handoff_ms:.2f} ms "
           f"on the loop, {close_ms:.0f} ms in the worker | "
@@ -161,7 +174,7 @@ def still(recipient, identity, tmp: Path) -> None:
     t = time.perf_counter()
     reveal.reveal_still(tmp / "g.jpg", tmp / "g.png", identity)
     print(f"still {img.shape[1]}x{img.shape[0]} {len(res.faces)} faces: seal {loop_ms:.2f} ms on the loop, "
-          f"{ms:.0f} ms in the worker (PNG + age + write), sealed {len(sealed) / 1e3:.0f} kB vs JPEG q90 {len(data) / 1e3:.0f} kB = "
+          f"{ms:.0f} ms in the worker (lossless WebP + age + write), sealed {len(sealed) / 1e3:.0f} kB vs JPEG q90 {len(data) / 1e3:.0f} kB = "
           f"{100 * len(sealed) / len(data):.0f} %; reveal {(time.perf_counter() - t) * 1000:.0f} ms")
 
 
@@ -169,15 +182,20 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, default=240)
     ap.add_argument("--crf", type=int, default=validate({}, "bench").privacy.video_crf)
-    ap.add_argument("--preset", default=seal.VIDEO_PRESET, help="x264 preset of the face stream")
+    ap.add_argument("--codec", default=seal.VIDEO_CODEC, help="the face stream's encoder (libx264, libx265)")
+    ap.add_argument("--preset", default=seal.VIDEO_OPTIONS["preset"], help="its preset")
     ap.add_argument("--clips", default="franck,cap12,group3pan")
+    ap.add_argument("--fps", type=float, default=25.0, help="pace the frames (0: as fast as they come)")
     a = ap.parse_args()
-    seal.VIDEO_PRESET = a.preset
-    print(f"face stream: x264 4:4:4 crf {a.crf} preset {a.preset}")
+    seal.VIDEO_CODEC = a.codec
+    seal.VIDEO_OPTIONS = {"preset": a.preset}
+    if a.codec == "libx265":  # one thread, quiet
+        seal.VIDEO_OPTIONS["x265-params"] = "pools=none:frame-threads=1:log-level=error"
+    print(f"face stream: {a.codec} 4:4:4 crf {a.crf} {seal.VIDEO_OPTIONS}")
     identity = pyrage.x25519.Identity.generate()
     with tempfile.TemporaryDirectory() as d:
         for name in a.clips.split(","):
-            run(name, a.frames, a.crf, identity.to_public(), identity, Path(d))
+            run(name, a.frames, a.crf, identity.to_public(), identity, Path(d), a.fps)
         still(identity.to_public(), identity, Path(d))
 
 

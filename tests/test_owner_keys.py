@@ -168,7 +168,7 @@ def test_sidecar_reveals_nothing_in_clear(stills):
     header = data[:data.index(b"\n--- ")]  # the only clear part: one X25519 stanza (plus age's grease)
     assert header.count(b"\n-> X25519 ") == 1 and b"faces" not in header
     # the payload is ciphertext: none of the format's markers (long enough not to occur by chance)
-    for marker in (b'"media_sha256"', b'"faces"', b'"roi"', b"\x89PNG\r\n\x1a\n"):
+    for marker in (b'"media_sha256"', b'"faces"', b'"roi"', b"WEBPVP8L", b"\x89PNG\r\n\x1a\n"):
         assert marker not in data
 
 
@@ -227,7 +227,8 @@ def test_video_round_trip(owner, media, tmp_path, cli_env):
 
 def test_daemon_seals_and_writes_no_original_pixels(owner, media, tmp_path, cli_env):
     """Run the daemon on a clip with an owner key; every file it wrote (media, sidecars, TMPDIR) is
-    searched for the original pixels of each sealed region (raw rows and the PNG of the region)."""
+    searched for the original pixels of each sealed region (raw rows, the region as PNG and as the
+    lossless WebP the sidecars hold)."""
     clip = group_clip(media, tmp_path / "clip.avi", frames=30)
     out = tmp_path / "out"
     cfg = tmp_path / "cfg.yaml"
@@ -255,15 +256,27 @@ def test_daemon_seals_and_writes_no_original_pixels(owner, media, tmp_path, cli_
             crop = np.ascontiguousarray(orig[idx][y0:y1, x0:x1])
             mid = crop.shape[0] // 2
             needles.append(crop[mid, crop.shape[1] // 4: crop.shape[1] // 4 + 16].tobytes())
-            png = cv2.imencode(".png", crop)[1].tobytes()
-            needles.append(png[len(png) // 2: len(png) // 2 + 64])
+            for coded in (cv2.imencode(".png", crop)[1], cv2.imencode(".webp", crop, seal.LOSSLESS_WEBP)[1]):
+                coded = coded.tobytes()
+                needles.append(coded[len(coded) // 2: len(coded) // 2 + 64])
     assert len(needles) >= 6
     blob = b"".join(f.read_bytes() for f in files)
     assert not any(n in blob for n in needles)
-    # and the video segments reveal to the original faces
-    seg = sorted(f for f in media_files if f.suffix == ".mp4")[0]
-    p = reveal(cli_env, owner, seg, "-o", tmp_path / "r.mp4")
+    # nor any sealed format in clear: no PNG or lossless WebP (stills are JPEG), no face stream (Matroska)
+    for marker in (b"\x89PNG\r\n\x1a\n", b"WEBPVP8L", b"matroska", b"V_MPEGH/ISO/HEVC", b"V_MPEG4/ISO/AVC"):
+        assert marker not in blob, marker
+    # the video segments reveal to the original faces
+    segs = sorted(f for f in media_files if f.suffix == ".mp4")
+    p = reveal(cli_env, owner, segs[0], "-o", tmp_path / "r.mp4")
     assert p.returncode == 0, p.stderr
+    # a sidecar swapped between two recordings (segments) is refused by name, nothing written
+    swapped = tmp_path / "swap"
+    swapped.mkdir()
+    shutil.copy(segs[0], swapped / segs[0].name)
+    shutil.copy(seal.sidecar_path(segs[1]), seal.sidecar_path(swapped / segs[0].name))
+    p = reveal(cli_env, owner, swapped / segs[0].name, "-o", tmp_path / "s.mp4")
+    assert p.returncode == 1 and "does not belong" in p.stderr and segs[0].name in p.stderr, p.stderr
+    assert not (tmp_path / "s.mp4").exists()
 
 
 def test_identity_key_determinism(media, tmp_path, cli_env):
@@ -397,7 +410,7 @@ def test_mqtt_snapshots_are_sealed(owner, media, tmp_path, cli_env):
     d.mkdir()
     checked = 0
     for i, (jpg, age) in enumerate(zip(snaps, sealed)):
-        assert age.payload.startswith(b"age-encryption.org/v1\n") and b"\x89PNG" not in age.payload
+        assert age.payload.startswith(b"age-encryption.org/v1\n") and b"WEBPVP8L" not in age.payload
         (d / f"{i}.jpg").write_bytes(jpg.payload)
         (d / f"{i}.jpg.age").write_bytes(age.payload)
         header, _ = seal.open_sidecar(d / f"{i}.jpg", ident)

@@ -85,8 +85,8 @@ def load_identity(path: str | Path, pw: str | None = None):
             raise OwnerKeyError(f"{path} is passphrase-protected: a passphrase is needed")
         try:
             data = pyrage.passphrase.decrypt(data, pw)
-        except pyrage.DecryptError:
-            raise OwnerKeyError(f"{path}: wrong passphrase (or not an owner key)") from None
+        except pyrage.DecryptError as e:
+            raise OwnerKeyError(f"{path}: wrong passphrase (or not an owner key: {e})") from None
     for line in data.decode("utf-8", "replace").splitlines():
         if line.startswith(SECRET_PREFIX):
             try:

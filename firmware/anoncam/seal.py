@@ -4,10 +4,10 @@ In the frame loop `SealPolicy.decide` copies, before anonymizing, the region eac
 will touch (the Anonymizer's own ROI; pixels of privacy zones are left out) into `FrameResult.sidecar
 ["seal"]` (memory only). A sink then seals them beside its media as MEDIA.age, an age file to the
 owner's X25519 recipient (a fresh file key per file, made by age):
-  stills: every region as PNG (lossless);
+  stills: every region as lossless WebP (bit-exact; 0.3-0.4x the bytes of OpenCV's PNG);
   video:  one face-only stream per segment (the regions pasted on black, H.264 4:4:4 at
-          `privacy.video_crf`, x264 preset medium, encoded in memory by a worker thread with PyAV,
-          never a file);
+          `privacy.video_crf`, x264 preset medium on one thread, encoded in memory by a worker thread
+          with PyAV, never a file; reveal reads whatever codec FFmpeg decodes);
   MQTT snapshots: the regions scaled to the snapshot, as a still, published beside it (SealedSnapshot).
 Off the frame loop: the video encoder has its own thread; a still's PNG + age and a segment's flush +
 age + sidecar write run on SealWriter's thread. Both queues are bounded; what does not fit is dropped
@@ -43,7 +43,12 @@ log = logging.getLogger(__name__)
 MAGIC = b"ANONCAM-SEAL\x01"
 SUFFIX = ".age"
 MIN_BUCKET = 4096
-VIDEO_PRESET = "medium"  # x264: at crf 17 every sealed region >= 40 dB (bench/seal_bench.py, README)
+# The face stream's encoder: at crf 17 every restored region >= 40 dB in bench/seal_bench.py. libx265
+# (crf 18, preset fast, x265-params pools=none:frame-threads=1) needs ~0.6x the bytes for the same
+# PSNR but ~3x the CPU: it fell behind the 25 fps camera there (README, owner keys).
+VIDEO_CODEC = "libx264"
+LOSSLESS_WEBP = [cv2.IMWRITE_WEBP_QUALITY, 101]  # above 100: lossless (reveal decodes PNG of older sidecars too)
+VIDEO_OPTIONS = {"preset": "medium"}
 VIDEO_QUEUE = 16         # frames of face regions waiting for the live encoder (about 0.6 s at 25 fps)
 SEAL_JOBS = 4            # stills and segments waiting for SealWriter
 
@@ -151,10 +156,11 @@ def pack(header: dict, blobs: list[bytes]) -> bytes:
 
 
 def bucket(n: int) -> int:
-    """Sizes grow in steps of 1.25x from 4 KiB: the sealed size shows only the order of magnitude."""
+    """Sizes grow in steps of 1.1x from 4 KiB: the sealed size shows it only within 10 % (at most 10 %
+    more bytes; 1.25x steps cost up to 25 %)."""
     size = MIN_BUCKET
     while size < n:
-        size = int(size * 1.25) + 1
+        size = int(size * 1.1) + 1
     return size
 
 
@@ -205,7 +211,7 @@ def seal_still(crops: Crops | None, media: bytes, name: str, shape, recipient) -
     for track, roi, pixels, mask in (crops.items if crops is not None else []):
         faces.append({"frame": 0, "track": int(track), "roi": [int(v) for v in roi], "pixels": len(blobs),
                       "mask": None if mask is None else len(blobs) + 1})
-        blobs.append(cv2.imencode(".png", pixels)[1].tobytes())
+        blobs.append(cv2.imencode(".webp", pixels, LOSSLESS_WEBP)[1].tobytes())
         if mask is not None:
             blobs.append(np.packbits(mask).tobytes())
     header = {"v": 1, "kind": "still", "media_name": name, "media_sha256": hashlib.sha256(media).hexdigest(),
@@ -231,9 +237,9 @@ class VideoSeal:
         self.buf = io.BytesIO()
         self.out = av.open(self.buf, "w", format="matroska")
         w, h = size[0] + size[0] % 2, size[1] + size[1] % 2
-        self.stream = self.out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        self.stream = self.out.add_stream(VIDEO_CODEC, rate=Fraction(fps).limit_denominator(1001))
         self.stream.width, self.stream.height, self.stream.pix_fmt = w, h, "yuv444p"
-        self.stream.options = {"crf": str(crf), "preset": VIDEO_PRESET}
+        self.stream.options = {"crf": str(crf), **VIDEO_OPTIONS}
         self.stream.thread_count = 1
         self.canvas = (h, w)
         self.q: queue.Queue = queue.Queue(VIDEO_QUEUE)
@@ -300,7 +306,7 @@ class VideoSeal:
         self.buf = io.BytesIO()
         header = {"v": 1, "kind": "video", "media_name": Path(media).name, "media_sha256": file_sha256(media),
                   "size": list(self.size), "fps": self.fps, "frames": self.frames, "crf": self.crf,
-                  "codec": f"h264 yuv444p {VIDEO_PRESET} matroska", "dropped": self.dropped, "stream_frames": self.stream_frames, "faces": self.faces,
+                  "codec": f"{self.stream.codec_context.name} yuv444p matroska", "dropped": self.dropped, "stream_frames": self.stream_frames, "faces": self.faces,
                   "stream": 0, "masks": list(range(1, 1 + len(self.masks)))}
         return pack(header, [stream, *self.masks])
 
