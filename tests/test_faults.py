@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -60,7 +61,8 @@ class Daemon:
                                      env=env, stderr=self.err, stdout=subprocess.DEVNULL)
 
     def log(self) -> list[dict]:
-        self.err.flush()
+        if not self.err.closed:
+            self.err.flush()
         out = []
         for line in Path(self.err.name).read_text().splitlines():
             try:
@@ -127,9 +129,10 @@ class LeakCheck:
     """Every output frame is matched to the camera frame it came from (nearest at 80x60: blur leaves
     the scene around the face) and each reference face of that frame must be covered in it."""
 
-    def __init__(self, cam: MjpegCamera, media):
+    def __init__(self, cam: MjpegCamera | None, media, originals: list | None = None):
+        self.originals = originals if originals is not None else cam.originals
         ref = video_reference(media[CLIP])  # the clip's frames; the camera sends its first ones
-        self.originals, self.boxes = cam.originals, ref[:len(cam.originals)]
+        self.boxes = ref[:len(self.originals)]
         self.thumbs = [small(o) for o in self.originals]
         assert sum(1 for b in self.boxes if b) >= len(self.boxes) // 2  # faces to check
 
@@ -140,6 +143,13 @@ class LeakCheck:
         for b in self.boxes[i]:
             assert is_covered(self.originals[i], img, b), f"raw face of camera frame {i} in the output"
         return len(self.boxes[i])
+
+    @staticmethod
+    def clip_frames(media, n: int) -> list:
+        cap = cv2.VideoCapture(str(media[CLIP]))
+        frames = [cap.read()[1] for _ in range(n)]
+        cap.release()
+        return frames
 
     def snapshots(self, sub: Sub) -> int:
         """Every snapshot received (the camera's frames are 400 px wide: sent at full size)."""
@@ -227,6 +237,57 @@ def test_sigterm_while_connecting_at_start(camera, media, tmp_path, cli_env, dae
     assert took < STOP_TIMEOUT_S + STOP_MARGIN_S, f"stop took {took:.1f} s"
     assert d.proc.returncode in (0, -signal.SIGTERM)
     assert [n for n in outputs(out)] == []
+
+
+HUNG_CAMERA = """
+import sys, threading
+sys.path.insert(0, {tests!r})
+import cv2
+import fake_picamera2
+cap = cv2.VideoCapture({clip!r})
+fake_picamera2.Picamera2.frames = [cap.read()[1] for _ in range(30)]
+real = fake_picamera2.Picamera2.capture_array
+def capture_array(self, name="main"):
+    if self._n >= 30:
+        threading.Event().wait()  # the camera hangs: this call never returns
+    return real(self, name)
+fake_picamera2.Picamera2.capture_array = capture_array
+sys.modules["picamera2"] = fake_picamera2
+from anoncam.cli import main
+sys.exit(main(["run", "--config", {cfg!r}, "--source", "picamera2"]))
+"""
+
+
+def test_stop_timer_ends_a_hung_camera(media, tmp_path, cli_env):
+    """A source that cannot be interrupted (picamera2's capture_array, here the stand-in hung after 30
+    frames): SIGTERM arms the stop timer, which ends the process at stop_timeout_s with a log line;
+    the open segment is left as after a crash and plays."""
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path, out, camera={"width": 400, "height": 300})
+    script = tmp_path / "hung.py"
+    script.write_text(HUNG_CAMERA.format(tests=str(Path(__file__).parent), clip=str(media[CLIP]), cfg=str(cfg)))
+    d = Daemon.__new__(Daemon)
+    d.err = open(tmp_path / "daemon.log", "w+")  # noqa: SIM115
+    d.proc = subprocess.Popen([sys.executable, str(script)], env=cli_env, stderr=d.err)
+    try:
+        d.wait(lambda: d.frames() >= 15, 180, "15 frames")
+        time.sleep(2.0)  # the stand-in hangs at its 31st frame
+        took = d.stop()
+        print(f"stop with a hung camera: {took:.2f} s")
+    finally:
+        d.close()
+    assert STOP_TIMEOUT_S - 0.5 < took < STOP_TIMEOUT_S + STOP_MARGIN_S, f"stop took {took:.1f} s"
+    assert "stop took longer than runtime.stop_timeout_s" in d.text()
+    part = list(out.rglob("*.part.mp4"))
+    assert len(part) == 1
+    assert count_frames(part[0]) >= 15  # whole fragments of the 30 frames
+    originals = [cv2.resize(f, (400, 300)) for f in LeakCheck.clip_frames(media, 30)]
+    cap = cv2.VideoCapture(str(part[0]))
+    check, n = LeakCheck(None, media, originals), 0
+    while (img := cap.read()[1]) is not None:
+        check.frame(img)
+        n += 1
+    assert n >= 15
 
 
 # --- the camera goes away and comes back ---------------------------------------------------------------

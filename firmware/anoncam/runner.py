@@ -82,9 +82,12 @@ class Runner:
             t.start()
 
     def _stop_overdue(self) -> None:
-        log.error("stop took longer than runtime.stop_timeout_s (%g s): exiting now",
-                  self.cfg.runtime.stop_timeout_s)
-        logging.shutdown()
+        # straight to stderr: a logging handler's lock may be held by the thread that hangs
+        msg = f"anoncam: stop took longer than runtime.stop_timeout_s ({self.cfg.runtime.stop_timeout_s:g} s): exiting now\n"
+        try:
+            os.write(2, msg.encode())
+        except OSError:
+            pass
         os._exit(0)
 
     def _close_sinks(self) -> None:
