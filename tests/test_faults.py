@@ -280,14 +280,14 @@ def test_stop_timer_ends_a_hung_camera(media, tmp_path, cli_env):
     assert "stop took longer than runtime.stop_timeout_s" in d.text()
     part = list(out.rglob("*.part.mp4"))
     assert len(part) == 1
-    assert count_frames(part[0]) >= 15  # whole fragments of the 30 frames
+    assert count_frames(part[0]) >= 29  # every frame but the last of the 30
     originals = [cv2.resize(f, (400, 300)) for f in LeakCheck.clip_frames(media, 30)]
     cap = cv2.VideoCapture(str(part[0]))
     check, n = LeakCheck(None, media, originals), 0
     while (img := cap.read()[1]) is not None:
         check.frame(img)
         n += 1
-    assert n >= 15
+    assert n >= 29
 
 
 # --- the camera goes away and comes back ---------------------------------------------------------------
@@ -316,8 +316,9 @@ def test_camera_gone_and_back_recovers(camera, media, tmp_path, cli_env, daemons
 
 # --- crashes: SIGKILL ----------------------------------------------------------------------------------
 def test_sigkill_keeps_the_open_segment(camera, media, tmp_path, cli_env, daemons, broker):
-    """SIGKILL mid-segment: the next start keeps the segment (fragmented MP4, trimmed to its last whole
-    fragment), says so in the log, and at most the last second (one fragment, 15 frames) is lost."""
+    """SIGKILL mid-segment: the next start keeps the segment (fragmented MP4, a fragment per frame,
+    trimmed to its last whole one) and says so in the log; every frame counted before the kill but
+    the last is in it."""
     out = tmp_path / "out"
     sub = Sub(broker.port, topics=("anoncam/#",))
     cfg = write_config(tmp_path, out, mqtt=mqtt_section(broker.port, tmp_path))
@@ -335,7 +336,7 @@ def test_sigkill_keeps_the_open_segment(camera, media, tmp_path, cli_env, daemon
     kept = part[0].with_name(part[0].name.replace(".part", ""))
     n = count_frames(kept)
     print(f"SIGKILL: {n} frames kept, {logged} counted before the kill")
-    assert n >= logged - 15, f"{n} frames kept of at least {logged} written"
+    assert n >= logged - 1, f"{n} frames kept of at least {logged} written"
     assert cv2.VideoCapture(str(kept)).get(cv2.CAP_PROP_FRAME_COUNT) == n
     assert len(list(out.rglob("*.mp4"))) == 2 and not list(out.rglob("*.part.*"))
     check = LeakCheck(camera, media)

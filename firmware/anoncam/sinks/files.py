@@ -82,10 +82,10 @@ class VideoFile:
     PATH by commit() once it reads back; abort() removes it. Every write error raises (a full disk is
     an OSError, never a silent empty file).
 
-    `crash_safe` (the daemon's segments): MP4/MOV are fragmented (a fragment per keyframe, one a
-    second) and the file is fsynced at every fragment, so after SIGKILL or a power cut the .part file
-    plays up to its last complete fragment (`recover` trims the rest); MKV and AVI need no index to
-    play. At most the last second of video (plus the encoder's few frames) is lost."""
+    `crash_safe` (the daemon's segments): MP4/MOV are fragmented, a fragment per frame (about 1 %
+    larger), each written out as soon as it is cut (the next frame closes it), and the file is fsynced
+    once a second: after SIGKILL the .part file plays up to its last frame but one, after a power cut
+    up to the last fsync (`recover` trims a torn fragment); MKV and AVI need no index to play."""
 
     def __init__(self, path: Path, fps: float, size: tuple[int, int], fourcc: str | None = None,
                  crash_safe: bool = False):
@@ -97,10 +97,10 @@ class VideoFile:
         code = fourcc or FOURCC_BY_EXT.get(ext, "mp4v")
         codec = CODEC_BY_FOURCC.get(code.lower())
         self.size, self.frames, self.crash_safe = size, 0, crash_safe
-        self.gop = max(1, round(fps))  # a keyframe (and so a fragment) every second
+        self.gop = max(1, round(fps))  # a keyframe and an fsync every second
         options = {}
         if crash_safe and ext in FRAGMENTED:
-            options["movflags"] = "frag_keyframe+empty_moov+default_base_moof"
+            options["movflags"] = "frag_every_frame+empty_moov+default_base_moof"
         if crash_safe:
             options["flush_packets"] = "1"  # each fragment goes to the file as soon as it is cut
         self._fd = None
