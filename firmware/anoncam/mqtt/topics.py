@@ -3,6 +3,7 @@
 <prefix>/<camera>/available        online | offline (retained, last will)
 <prefix>/<camera>/events           JSON: track appear | update | end, error
 <prefix>/<camera>/snapshot         anonymized JPEG
+<prefix>/<camera>/snapshot/sealed  with an owner key: that snapshot's faces, sealed (seal.SealedSnapshot)
 <prefix>/<camera>/stats            JSON every mqtt.stats_every_s and after every connection
 <prefix>/<camera>/faces            faces in view (retained, on change; 0 on pause and stop)
 <prefix>/<camera>/<setting>/set    command; answered on <prefix>/<camera>/<setting>/state (retained)
