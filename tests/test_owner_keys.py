@@ -67,6 +67,20 @@ def test_keys_init(owner):
         keys.load_identity(key, "not it")
 
 
+def test_key_beyond_this_computers_scrypt_limit(owner, tmp_path):
+    """age refuses a work factor far above what it measures this machine can do, with the error of a
+    wrong passphrase: the message says so, with the key's factor (here raised to 40 in its header)."""
+    import base64
+    import re
+    data = (owner / "owner").read_bytes()
+    assert keys.scrypt_work_factor(data) in range(10, 31)
+    raw = base64.b64decode(b"".join(ln for ln in data.splitlines()[1:] if not ln.startswith(b"-----")))
+    heavy = tmp_path / "heavy"
+    heavy.write_bytes(re.sub(rb"(\n-> scrypt \S+ )\d+\n", rb"\g<1>40\n", raw))
+    with pytest.raises(keys.OwnerKeyError, match="work factor 40 is more than this computer accepts"):
+        keys.load_identity(heavy, PW)
+
+
 def test_private_key_refused_by_the_camera(owner, tmp_path, cli_env, media):
     out = tmp_path / "out.png"
     plain = tmp_path / "plain.txt"

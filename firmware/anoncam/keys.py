@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pyrage
@@ -83,10 +84,7 @@ def load_identity(path: str | Path, pw: str | None = None):
     if data.startswith(AGE_HEADER) or data.startswith(AGE_ARMOR):
         if pw is None:
             raise OwnerKeyError(f"{path} is passphrase-protected: a passphrase is needed")
-        try:
-            data = pyrage.passphrase.decrypt(data, pw)
-        except pyrage.DecryptError as e:
-            raise OwnerKeyError(f"{path}: wrong passphrase (or not an owner key: {e})") from None
+        data = _open_sealed_key(path, data, pw)
     for line in data.decode("utf-8", "replace").splitlines():
         if line.startswith(SECRET_PREFIX):
             try:
@@ -94,6 +92,43 @@ def load_identity(path: str | Path, pw: str | None = None):
             except pyrage.IdentityError:
                 break
     raise OwnerKeyError(f"{path}: not an owner key (no age X25519 identity in it)")
+
+
+DECRYPT_TRIES = 3
+REFUSED_S = 0.2  # a failure this fast ran no real scrypt (a key's factor takes ~1 s where it was made)
+
+
+def _open_sealed_key(path: Path, data: bytes, pw: str) -> bytes:
+    """The identity inside a passphrase-protected OWNER_KEY. age (rage) times one small scrypt run to
+    guess this machine's speed and refuses, before any real work and with the same error as a wrong
+    passphrase, a file whose work factor is more than 4 above its guess; on a loaded machine one slow
+    timing is enough. Such a quick refusal is tried again; a wrong passphrase (a full scrypt) is not."""
+    for _ in range(DECRYPT_TRIES):
+        start = time.monotonic()
+        try:
+            return pyrage.passphrase.decrypt(data, pw)
+        except pyrage.DecryptError:
+            if time.monotonic() - start > REFUSED_S:
+                break
+    factor = scrypt_work_factor(data)
+    raise OwnerKeyError(f"{path}: wrong passphrase (or not an owner key; or its scrypt work factor "
+                        f"{factor if factor is not None else '?'} is more than this computer accepts: age "
+                        "allows about 16 s of work, so a key made on a much faster computer may open "
+                        "only there)")
+
+
+def scrypt_work_factor(data: bytes) -> int | None:
+    """log2(N) of the scrypt stanza of a passphrase-protected age file (armored or binary)."""
+    import base64
+    import re
+    try:
+        if data.startswith(AGE_ARMOR):
+            body = b"".join(ln for ln in data.splitlines()[1:] if not ln.startswith(b"-----"))
+            data = base64.b64decode(body)
+        m = re.search(rb"\n-> scrypt \S+ (\d+)\n", data[:1024])
+        return int(m.group(1)) if m else None
+    except ValueError:
+        return None
 
 
 def looks_private(text: str) -> bool:
