@@ -83,7 +83,7 @@ def config_docs(draw) -> bytes:
     if kind == "bytes":
         return draw(st.binary(max_size=2000))
     if kind == "yamlish":
-        return draw(st.text(alphabet=" \n\t:-[]{}&*!|>'\"#,?%@`abcz019.eE+", max_size=400)).encode()
+        return draw(st.text(alphabet=" \n\t:-[]{}&*!|>'\"#,?%@`abcz019.eE+\\UuxF", max_size=400)).encode()
     doc: dict = {}
     for key, value in draw(st.lists(st.tuples(st.one_of(st.sampled_from(KEYS), st.text(max_size=20)), values),
                                     max_size=8)):

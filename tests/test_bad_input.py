@@ -320,3 +320,15 @@ def test_still_declaring_too_many_pixels_is_refused_unread(tmp_path, media):
         with pytest.raises(ValueError, match="20000x20000 pixels, over the"):
             read_image(tmp_path / name)
     assert read_image(media["astronaut"]).shape == img.shape
+
+
+@pytest.mark.parametrize("escape", ["\\UFFFFFFFF", "\\U00110000"])
+def test_yaml_escape_past_unicode_is_a_config_error(tmp_path, cli_env, escape):
+    """Found by bench/fuzz.py: PyYAML raises OverflowError or ValueError (not a YAMLError) for a
+    double-quoted escape past U+10FFFF; it is a config error naming the file, exit 2."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f'camera:\n  name: "{escape}"\n')
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load(cfg)
+    p = run(["config", "check", str(cfg)], cli_env)
+    _clear_error(p, 2, str(cfg))

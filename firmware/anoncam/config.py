@@ -377,12 +377,15 @@ def load(path: str | Path | None) -> Config:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     if len(raw) > MAX_BYTES:
         raise ConfigError(f"{path}: larger than {MAX_BYTES} bytes; a config is a few kB")
+    text = _text(path, raw)
     try:
-        data = yaml.load(_text(path, raw), Loader=_StrictLoader)
+        data = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply") from None
+    except (ValueError, OverflowError) as e:  # PyYAML's own: an escape like "\UFFFFFFFF" past Unicode
+        raise ConfigError(f"{path}: not valid YAML: {type(e).__name__}: {e}") from None
     return validate(data, str(path))
 
 
