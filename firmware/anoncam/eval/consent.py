@@ -159,16 +159,16 @@ def genuine(rows: np.ndarray, shown: np.ndarray, lo: int, fps: float) -> dict:
             "tracks": len({int(r[1]) for r in rows if r[0] >= lo}), "time_to_exempt_frames": list(tte.values())}
 
 
-def run(cc=None, lag: int = 2, subset: bool = False) -> dict:
+def run(cc=None, lag: int = 2, subset: bool = False, data: dict | None = None) -> dict:
     """The consent section for the config's consent settings `cc` (default: the built-in ones): K, T,
     M, the still threshold and margin, and recheck_every are the camera's; the ORL tuning split says
     what it would choose. `lag`: frames a check's result takes to come back from the worker (0 when
     consent.worker is off). `subset`: consent_data.SUBSET (10 ORL people, 72 frames per clip stretch;
-    tests), else every face."""
+    tests), else every face; `data`: consent_data.load's embeddings of another recognizer."""
     from ..config import ConsentConfig
     cc = cc or ConsentConfig()
     lag = lag if cc.worker else 0
-    d = load(subset=subset)
+    d = data if data is not None else load(subset=subset)
     orl, ok = d["orl"], d["orl_ok"]
     n_orl = len(orl)
     half = n_orl // 2  # tuned on the first half of the people

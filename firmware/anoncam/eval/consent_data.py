@@ -32,7 +32,7 @@ def still_faces(pipe, emb, img) -> list[np.ndarray]:
     return [emb.embed(img, f.landmarks) for f in faces if f.landmarks is not None]
 
 
-def clip_faces(pipe, emb, name: str, ranges=None) -> tuple[np.ndarray, np.ndarray]:
+def clip_faces(pipe, emb, name: str, ranges=None, dim: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """Rows: frame, track id, detected (with landmarks), box long side, then 128 embedding values
     (zeros when not detected); and the boxes (x0, y0, x1, y1) of the same rows. `ranges`: [start,
     end) frame ranges to run (each from a fresh tracker); None: the whole clip."""
@@ -47,21 +47,24 @@ def clip_faces(pipe, emb, name: str, ranges=None) -> tuple[np.ndarray, np.ndarra
                 pipe.reset()
         for f in pipe._faces(img, i, None, False, {}, pipe.detect(img, i)):
             ok = f.detected and f.landmarks is not None
-            e = emb.embed(img, f.landmarks) if ok else np.zeros(128, np.float32)
+            e = emb.embed(img, f.landmarks) if ok else np.zeros(dim, np.float32)
             rows.append([i, f.track_id, float(ok), float(max(f.box[2:] - f.box[:2])), *e])
             boxes.append(f.box)
     return np.array(rows, np.float32), np.array(boxes, np.float32).reshape(-1, 4)
 
 
-def load(progress=print, subset: bool = False) -> dict:
-    """The embeddings (cached); `subset`: the small SUBSET instead of every face (tests)."""
+def load(progress=print, subset: bool = False, embedder=None, name: str = "") -> dict:
+    """The embeddings (cached); `subset`: the small SUBSET instead of every face (tests);
+    `embedder` (with `name`, the cache's): another recognizer than SFace (bench/consent_recognizers.py)."""
     what = SUBSET if subset else FULL
-    path = assets.cache_dir() / "eval-consent" / ("embeddings-v2-subset.npz" if subset else "embeddings-v2.npz")
+    tag = ("-subset" if subset else "") + (f"-{name}" if name else "")
+    path = assets.cache_dir() / "eval-consent" / f"embeddings-v2{tag}.npz"
     if path.is_file():
         return dict(np.load(path, allow_pickle=False))
-    pipe, emb = _pipe(), Embedder(1)
+    pipe, emb = _pipe(), embedder or Embedder(1)
+    dim = len(emb.embed_crop(np.zeros((112, 112, 3), np.uint8)))
     out = {}
-    orl = np.zeros((what["orl_people"], 10, 128), np.float32)
+    orl = np.zeros((what["orl_people"], 10, dim), np.float32)
     orl_ok = np.zeros((what["orl_people"], 10), bool)
     for im in orl_images(what["orl_people"]):
         es = still_faces(pipe, emb, load_orl(im))
@@ -70,10 +73,10 @@ def load(progress=print, subset: bool = False) -> dict:
     out["orl"], out["orl_ok"] = orl, orl_ok
     progress(f"consent: ORL {orl_ok.sum()} of 400 photos with one face")
     groups = [e for g in what["groups"] for e in still_faces(pipe, emb, group_photo(g))]
-    out["groups"] = np.array(groups, np.float32).reshape(-1, 128)
+    out["groups"] = np.array(groups, np.float32).reshape(-1, dim)
     progress(f"consent: {len(groups)} group-photo faces")
     for name in CLIPS:
-        out[name], out[name + "_boxes"] = clip_faces(pipe, emb, name, what["clips"][name])
+        out[name], out[name + "_boxes"] = clip_faces(pipe, emb, name, what["clips"][name], dim)
         progress(f"consent: {name} {len(out[name])} face-frames")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".part.npz")
