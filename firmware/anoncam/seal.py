@@ -382,9 +382,13 @@ class SealWriter:
 
     def close(self) -> None:
         """Wait until every queued job is sealed and written, then end the worker."""
-        if self.thread.is_alive():
-            self.q.put(None)
-            self.thread.join()
+        while self.thread.is_alive():
+            try:
+                self.q.put(None, timeout=1.0)  # waits for room while the worker finishes a job
+                break
+            except queue.Full:
+                continue
+        self.thread.join()
 
 
 # MQTT snapshots -------------------------------------------------------------------------------------
