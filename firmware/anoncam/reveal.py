@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -60,6 +61,9 @@ def reveal_video(media: Path, out: Path, identity) -> int:
     if header.get("kind") != "video":
         raise SealError(f"{media}: the sidecar is for a {header.get('kind')}, not a video")
     masks = [blobs[i] for i in header["masks"]]
+    if header.get("dropped"):
+        print(f"anoncam: {media}: the camera could not seal the faces of {header['dropped']} frame(s) (its "
+              "encoder was behind); they stay anonymized", file=sys.stderr)
     by_frame: dict[int, list[dict]] = {}
     for f in header["faces"]:
         by_frame.setdefault(f["frame"], []).append(f)
