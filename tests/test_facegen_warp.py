@@ -145,3 +145,64 @@ def test_no_outline_at_the_identity_edge(models, media):
             ref = min(lum[inside].mean(), lum[outside].mean())
             dips.append(ref - lum[edge].mean())
     assert max(dips) < 2.0, np.round(dips, 1)
+
+
+def test_mirror_ring_reflects_across_the_edge():
+    """Known answer: around a circle of radius R, an image whose value is the radius gives, at
+    radius r inside the circle, 2R - r + margin (the pixel reflected across the edge)."""
+    size, r0 = 200, 60.0
+    c = np.float32([100, 100])
+    t = np.linspace(0, 2 * np.pi, 72, endpoint=False)
+    poly = (c + r0 * np.stack([np.cos(t), np.sin(t)], 1)).astype(np.float32)
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    rad = np.hypot(xs - c[0], ys - c[1])
+    out = fg.mirror_ring(rad, poly, margin=1.0)
+    ring = (rad > 35) & (rad < 58)
+    assert np.abs(out[ring] - (2 * r0 - rad[ring] + 1.0)).max() < 0.6  # the polygon's chords only
+    assert (out[(rad > 23) & (rad < 58)] >= r0).all()  # never reads inside the polygon
+
+
+def test_ring_reads_nothing_under_the_cover(models, media):
+    """The ring's texture comes from the surroundings only: with the covered region painted a
+    colour found nowhere else, no pixel of the ring fill carries it."""
+    import cv2
+    from anoncam.anonymize.generative import Generative
+    from anoncam.eval.metrics import Instruments
+
+    img = cv2.imread(str(media["astronaut"]))
+    inst = Instruments()
+    lm = inst.landmarks(img, inst.main_face(img))
+    bank = IdentityBank(assets.model_path("generator_identities"))
+    poly = fg.oval_polygon(lm, 1.4)
+    marked = img.copy()
+    cv2.fillPoly(marked, [np.round(poly).astype(np.int32)], (255, 0, 255))
+    m = bank.geo.align(lm) * np.float32(2)
+    src, known = Generative.surroundings(marked, poly, m, 256)
+    cpoly = fg.apply_affine(m, poly)
+    ring = fg.ring_fill(src, known, cpoly, np.zeros_like(src))
+    cover = fg.poly_mask(cpoly, 256) > 0.5
+    def magenta(x):
+        return (x[..., 0] > 0.6) & (x[..., 1] < 0.3) & (x[..., 2] > 0.6)
+    seen = src / np.maximum(known, 1e-3)[..., None]
+    assert not magenta(seen[known > 0.05]).any() and not magenta(ring).any()
+    inner = cv2.erode(cover.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    assert known[inner].max() == 0
+    assert (ring[cover].std(0) > 0.05).all()  # and it is texture, not one flat colour
+
+
+def test_blend_bands_ends():
+    rng = np.random.default_rng(0)
+    a, b = rng.random((64, 64, 3), np.float32), rng.random((64, 64, 3), np.float32)
+    assert np.allclose(fg.blend_bands(a, b, np.ones((64, 64), np.float32)), a, atol=1e-5)
+    assert np.allclose(fg.blend_bands(a, b, np.zeros((64, 64), np.float32)), b, atol=1e-5)
+
+
+def test_mouth_drawn_only_when_open():
+    img = np.full((128, 128, 3), 0.6, np.float32)
+    t = np.linspace(0, 2 * np.pi, 20, endpoint=False)
+    shut = np.stack([64 + 12 * np.cos(t), 80 + 0.05 * np.sin(t)], 1).astype(np.float32)
+    assert np.array_equal(fg.draw_mouth(img, shut, 1.0), img)
+    wide = np.stack([64 + 12 * np.cos(t), 80 + 6 * np.sin(t)], 1).astype(np.float32)
+    out = fg.draw_mouth(img, wide, 1.0)
+    assert out[84, 64].mean() < 0.3 and out[76, 64].mean() > out[84, 64].mean()  # cavity, teeth above
+    assert np.array_equal(out[20:60], img[20:60])  # nothing far from the mouth changes

@@ -139,6 +139,33 @@ def test_small_faces_fall_back_to_pixelate(models, media):
     assert not np.array_equal(f, outs["pixelate"])
 
 
+def test_large_face_rendered_at_its_own_resolution(models, media):
+    """A face larger than the 128 px crop is rendered from the bank's sharp textures at its own
+    resolution (up to RENDER_MAX x): more fine detail inside the face than the same identity drawn
+    at 128 px and magnified, and the covered ring carries texture from the surroundings."""
+    from anoncam.eval import realism
+    from anoncam.eval.metrics import Instruments
+    from anoncam.types import Face
+
+    img = cv2.resize(cv2.imread(str(media["astronaut"])), None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)
+    inst = Instruments()
+    det = inst.main_face(img)
+    face = Face(track_id=7, box=det.box, detected=True, landmarks=inst.landmarks(img, det))
+    g = gen.Generative()
+    g.prepare()
+    assert g.bank.tex_scale >= 2 and g.bank.sharp(0).shape[0] == 128 * g.bank.tex_scale
+    h, w = img.shape[:2]
+    outs = {}
+    for sharp in (True, False):
+        scale, g.bank.tex_scale = g.bank.tex_scale, (g.bank.tex_scale if sharp else 0)
+        try:
+            outs[sharp] = g(img.copy(), float(det.size), face=face, frame=img, roi_box=(0, 0, w, h), key=b"k" * 32)
+        finally:
+            g.bank.tex_scale = scale
+    (sharp_in, sharp_ring), (soft_in, soft_ring) = (realism.detail_ratio(img, outs[k], det.box) for k in (True, False))
+    assert sharp_in > 1.3 * soft_in and sharp_ring > 1.3 * soft_ring, (sharp_in, soft_in, sharp_ring, soft_ring)
+
+
 def test_no_identity_leak_on_video(media, tmp_path, cli_env):
     """Every frame of cap13 where the reference detector finds a face: SFace on the output, aligned
     with the original's own detection, no longer matches the original person."""

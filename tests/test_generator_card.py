@@ -28,6 +28,10 @@ def test_card_numbers_are_the_constants():
         f"`anonymize.generative_mask_scale` ({default('generative_mask_scale'):g})": "covered extent",
         f"`anonymize.generative_min_face` ({default('generative_min_face')} px)": "smallest generated face",
         f"`anonymize.generative_net: {str(default('generative_net')).lower()}`": "network default",
+        f"`RENDER_MAX = {gen.RENDER_MAX:g}`x the crop": "sharp rendering scale",
+        f"x`FACE_ZONE` = {fg.FACE_ZONE:g}": "face zone of the ring fill",
+        f"within {fg.MIRROR_DOWN[0]:g}-{fg.MIRROR_DOWN[1]:g} degrees of straight down": "smooth fill below the chin",
+        f"`MOUTH_OPEN = {fg.MOUTH_OPEN:g}` crop px": "open mouth",
     }
     missing = [f"{what}: {s!r}" for s, what in stated.items() if s not in TEXT]
     assert not missing, "the card does not state the code's values:\n" + "\n".join(missing)

@@ -18,6 +18,7 @@ Nothing else of the original face reaches the generator.
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -45,6 +46,12 @@ GAIN_SPREAD = 1.35  # recolouring: a cell's gain stays within this factor of the
 INNER_LIPS = np.array([78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178,
                        88, 95])
 RING_SCALES = (1.45, 2.2)
+RING_MIRROR = True  # render_sharp: the covered ring outside the face is the surroundings reflected in
+MOUTH_OPEN = 1.5    # crop px: inner lips closer than this are a closed mouth (draw_mouth)
+MOUTH_DARK = 0.3    # the cavity's brightness over the lips'
+ZONE_SOFT = 1.5     # crop px: softness of the face zone's edge before the band-wise blend
+FACE_ZONE = 1.0     # ... outside the identity's own pixels and its face oval scaled by this
+MIRROR_DOWN = (35.0, 65.0)  # degrees from straight down: smooth fill below the first, mirror past the second
 
 
 def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -314,11 +321,16 @@ class Geometry:
         v = (cv2.GaussianBlur(v.astype(np.float32), (0, 0), 2.5) > 0.6).astype(np.uint8)
         return cv2.erode(v, np.ones((3, 3), np.uint8)).astype(np.float32)
 
-    def from_canonical(self, tex: np.ndarray, pts: np.ndarray, valid: np.ndarray | None = None
-                       ) -> tuple[np.ndarray, np.ndarray]:
+    def maps(self, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """remap() maps from the crop (mesh pts, crop pixels) into the canonical frame; -1000 where
+        no point of the canonical frame lands."""
+        return inverse_map(*self._located, self.mean_ring, with_ring(pts), self.tris)
+
+    def from_canonical(self, tex: np.ndarray, pts: np.ndarray, valid: np.ndarray | None = None,
+                       maps: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """A canonical texture moved onto the mesh pts (crop pixels), and its validity mask
         (`valid` in the canonical frame; the whole identity oval if None)."""
-        mx, my = inverse_map(*self._located, self.mean_ring, with_ring(pts), self.tris)
+        mx, my = self.maps(pts) if maps is None else maps
         out = cv2.remap(tex, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         valid = cv2.remap(self.id_valid if valid is None else valid, mx, my, cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT)
@@ -327,21 +339,28 @@ class Geometry:
         return out, valid
 
 
-def generator_input(geo: Geometry, crop: np.ndarray, pts: np.ndarray, id_tex: np.ndarray,
-                    mask_scale: float, id_shape: np.ndarray | None = None, pull: float = 0.0,
-                    id_valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(input 1x11x128x128 float32, covered-region mask 128x128) for one face crop (BGR uint8).
-    The original face enters only through its mesh `pts` (pulled by `pull` toward the identity's
-    own shape `id_shape`, canonical frame), the 4x4 light grid over its face oval, and the crop
-    outside the covered region (which is always the original face's grown oval). The identity's
-    texture is recoloured cell by cell to that grid (its own 4x4 grid in the same cells -> the face's)."""
+class Prepared(NamedTuple):
+    """What generator_input computes on the 128 px crop, kept for a sharper rendering (render_sharp)."""
+    x: np.ndarray       # the generator input, 1x11x128x128
+    cover: np.ndarray   # the covered region, 128x128
+    pts: np.ndarray     # the mesh the identity is warped onto (pulled toward its own shape)
+    maps: tuple         # crop -> canonical remap() maps of that mesh
+    gain: np.ndarray    # 128x128x3 recolouring gain
+    keep: float         # colour kept (1: all; grey faces get grey identities)
+
+
+def prepare(geo: Geometry, crop: np.ndarray, pts: np.ndarray, id_tex: np.ndarray, mask_scale: float,
+            id_shape: np.ndarray | None = None, pull: float = 0.0, id_valid: np.ndarray | None = None
+            ) -> Prepared:
+    """The generator input for one face crop (BGR uint8), and its parts (see generator_input)."""
     cover = poly_mask(oval_polygon(pts, mask_scale))
     skin = poly_mask(oval_polygon(pts, ID_OVAL_SCALE))
     face_cells = light_grid(crop, skin)
     grid = upsample_grid(face_cells)
     if id_shape is not None and pull:
         pts = pts + np.float32(pull) * (id_shape.astype(np.float32) - geo.mean)
-    warped, valid = geo.from_canonical(id_tex, pts, id_valid)
+    maps = geo.maps(pts)
+    warped, valid = geo.from_canonical(id_tex, pts, id_valid, maps)
     id_cells = light_grid(warped, valid)
     # per-cell gains about the overall one, limited to GAIN_SPREAD either way: a cell whose means
     # differ for other reasons (the original's dark eye sockets, brows or glasses; few valid
@@ -353,13 +372,30 @@ def generator_input(geo: Geometry, crop: np.ndarray, pts: np.ndarray, id_tex: np
     # no more colourful than the face: a grey (night IR, ORL) face gets a grey identity, not one
     # whose lips and eyes keep their colour around grey cell means
     keep = min(1.0, _chroma(face_cells) / max(_chroma(id_cells), 1e-3))
-    if keep < 1.0:
-        lum = tex.mean(2, keepdims=True)
-        tex = lum + (tex - lum) * np.float32(keep)
+    tex = _desaturate(tex, keep)
     tex *= valid[..., None]
     ctx = crop.astype(np.float32) / 255.0 * (1.0 - cover[..., None])
     x = np.concatenate([tex, valid[..., None], grid, ctx, cover[..., None]], 2)
-    return np.ascontiguousarray(x.transpose(2, 0, 1)[None]), cover
+    return Prepared(np.ascontiguousarray(x.transpose(2, 0, 1)[None]), cover, pts, maps, gain, keep)
+
+
+def generator_input(geo: Geometry, crop: np.ndarray, pts: np.ndarray, id_tex: np.ndarray,
+                    mask_scale: float, id_shape: np.ndarray | None = None, pull: float = 0.0,
+                    id_valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(input 1x11x128x128 float32, covered-region mask 128x128) for one face crop (BGR uint8).
+    The original face enters only through its mesh `pts` (pulled by `pull` toward the identity's
+    own shape `id_shape`, canonical frame), the 4x4 light grid over its face oval, and the crop
+    outside the covered region (which is always the original face's grown oval). The identity's
+    texture is recoloured cell by cell to that grid (its own 4x4 grid in the same cells -> the face's)."""
+    p = prepare(geo, crop, pts, id_tex, mask_scale, id_shape, pull, id_valid)
+    return p.x, p.cover
+
+
+def _desaturate(tex: np.ndarray, keep: float) -> np.ndarray:
+    if keep >= 1.0:
+        return tex
+    lum = tex.mean(2, keepdims=True)
+    return lum + (tex - lum) * np.float32(keep)
 
 
 def _chroma(cells: np.ndarray) -> float:
@@ -382,18 +418,149 @@ def fill_smooth(img: np.ndarray, weight: np.ndarray) -> np.ndarray:
     return out
 
 
+def _smooth_fill(x: np.ndarray) -> np.ndarray:
+    """The pull-push fill of classic_render: the identity where valid, the context outside the
+    covered region, smooth between them (128x128x3)."""
+    x = x[0].transpose(1, 2, 0)
+    tex, valid, ctx, cover = x[..., 0:3], x[..., 3:4], x[..., 7:10], x[..., 10:11]
+    known = np.clip(valid + (1 - cover), 0.0, 1.0)[..., 0]
+    known = (known > 0.99).astype(np.float32)
+    return fill_smooth(np.ascontiguousarray(valid * tex + (1 - cover) * ctx), known)
+
+
 def classic_render(x: np.ndarray) -> np.ndarray:
     """No network: the recoloured identity where valid; between its edge and the edge of the covered
     region a smooth fill from the identity's edge and the context (no detail of the original there:
     the context is what stays visible anyway); the context outside. x: generator_input. Returns
     128x128x3 float in 0..1 (BGR)."""
+    fill = _smooth_fill(x)
     x = x[0].transpose(1, 2, 0)
     tex, valid, ctx, cover = x[..., 0:3], x[..., 3:4], x[..., 7:10], x[..., 10:11]
-    known = np.clip(valid + (1 - cover), 0.0, 1.0)[..., 0]
-    known = (known > 0.99).astype(np.float32)
-    fill = fill_smooth(np.ascontiguousarray(valid * tex + (1 - cover) * ctx), known)
     # the identity fades into the fill over a few pixels inside its edge (no drawn outline: tex is
     # premultiplied by valid, so its edge pixels are divided back to their own colour)
     soft = np.minimum(cv2.GaussianBlur(valid[..., 0], (0, 0), 2.5), valid[..., 0])[..., None]
     inner = soft * (tex / np.maximum(valid, 1e-3)) + (1 - soft) * fill
     return cover * inner + (1 - cover) * ctx
+
+
+def draw_mouth(img: np.ndarray, lips: np.ndarray, s: float) -> np.ndarray:
+    """An open mouth's interior drawn into the rendering `img` (BGR float 0..1) inside the inner-lip
+    polygon `lips` (img px): a dark cavity in the rendered lips' own hue, a row of upper teeth when
+    the mouth is open wide enough, soft edges. From the geometry and the rendering only."""
+    top, bot = float(lips[:, 1].min()), float(lips[:, 1].max())
+    if bot - top < MOUTH_OPEN * s:
+        return img
+    mouth = poly_mask(lips, img.shape[0])
+    ring = cv2.dilate(mouth, np.ones((3, 3), np.uint8), iterations=max(1, int(round(2 * s)))) - mouth
+    lip = img[ring > 0.5].mean(0) if (ring > 0.5).any() else img[mouth > 0.5].mean(0)
+    ys = np.arange(img.shape[0], dtype=np.float32)[:, None, None]
+    t = np.clip((ys - top) / max(bot - top, 1e-3), 0, 1)  # 0 at the upper lip, 1 at the lower
+    cavity = lip * np.float32(MOUTH_DARK) * (1.0 - 0.4 * t)
+    teeth = np.full(3, float(lip.mean()) * 1.5 + 0.15, np.float32).clip(0, 0.85) * np.float32([0.93, 0.97, 1.0])
+    opening = bot - top
+    w = np.clip((0.4 - t) / 0.12, 0, 1) * np.clip((opening / s - 3.0) / 3.0, 0, 1)
+    inside = w * teeth + (1 - w) * cavity
+    m = cv2.GaussianBlur(mouth, (0, 0), 0.8 * s)[..., None]
+    return (m * inside + (1 - m) * img).astype(np.float32)
+
+
+def _magnify(img: np.ndarray, s: float, size: int, interp: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """A 128 px crop-frame image at s x its resolution (pixel p -> s p, as the scaled alignment)."""
+    m = np.float32([[s, 0, 0], [0, s, 0]])
+    return cv2.warpAffine(img, m, (size, size), flags=interp, borderMode=cv2.BORDER_REPLICATE)
+
+
+def render_sharp(geo: Geometry, p: Prepared, ctx: np.ndarray, pts: np.ndarray, mask_scale: float,
+                 tex: np.ndarray, tex_scale: int, valid: np.ndarray, s: float,
+                 ring: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """classic_render at s x the crop's resolution: the identity sampled from its sharp texture
+    (`tex`, canonical frame at tex_scale x 128 px) straight into the magnified crop, so a large face
+    is not magnified from 128 px; the smooth fill and the recolouring gain, which hold no detail,
+    come magnified from the 128 px crop. ctx: the frame aligned at s x (BGR uint8); pts: the face's
+    mesh in the 128 px crop; valid: the identity's validity (canonical, 128 px); ring: (the frame
+    outside the covered region, BGR float 0..1 premultiplied, and where it is known), aligned as ctx,
+    for ring_fill. Returns BGR float 0..1 of ctx's size."""
+    size = ctx.shape[0]
+    fill = _magnify(_smooth_fill(p.x), s, size)
+    mx, my = p.maps
+    inside = (mx > -999).astype(np.float32)
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) / np.float32(s)
+    hx = cv2.remap(mx, xs, ys, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    hy = cv2.remap(my, xs, ys, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    bad = cv2.remap(inside, xs, ys, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT) < 0.999
+    hx[bad], hy[bad] = -1000, -1000
+    k = np.float32(tex_scale)
+    warped = cv2.remap(tex, hx * k, hy * k, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    v = cv2.remap(valid, hx, hy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    v *= 1.0 - poly_mask(p.pts[INNER_LIPS] * np.float32(s), size)
+    gain = _magnify(p.gain, s, size)
+    face = _desaturate(np.clip(warped.astype(np.float32) / 255.0 * gain, 0.0, 1.0), p.keep)
+    soft = np.minimum(cv2.GaussianBlur(v, (0, 0), 2.5 * s), v)[..., None]
+    inner = draw_mouth(soft * face + (1 - soft) * fill, p.pts[INNER_LIPS] * np.float32(s), s)
+    poly = oval_polygon(pts * np.float32(s), mask_scale)
+    cover = poly_mask(poly, size)[..., None]
+    bg = ctx.astype(np.float32) / 255.0
+    if ring is not None:
+        # the ring between the identity's face and the covered edge: the surroundings reflected in,
+        # joined to the face band by band
+        zone = np.maximum(poly_mask(oval_polygon(p.pts * np.float32(s), FACE_ZONE), size), soft[..., 0])
+        zone = cv2.GaussianBlur(zone, (0, 0), ZONE_SOFT * s)
+        inner = blend_bands(inner, ring_fill(ring[0], ring[1], poly, fill), zone)
+    return cover * inner + (1 - cover) * bg
+
+
+def mirror_ring(img: np.ndarray, poly: np.ndarray, margin: float = 1.0) -> np.ndarray:
+    """`img` reflected inward across the polygon `poly` (star-shaped about its centroid): a pixel at
+    radius r where the polygon's edge is at R takes the pixel at radius 2R - r + margin on the same
+    ray (never closer than R + margin), so hair, skin and background keep their own texture into
+    the ring inside the edge. Reads `img` only outside the polygon."""
+    h, w = img.shape[:2]
+    c = poly.mean(0).astype(np.float64)
+    d = poly.astype(np.float64) - c
+    ang, rad = np.arctan2(d[:, 1], d[:, 0]), np.hypot(d[:, 0], d[:, 1])
+    o = np.argsort(ang)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    dx, dy = xs - np.float32(c[0]), ys - np.float32(c[1])
+    r = np.sqrt(dx * dx + dy * dy) + np.float32(1e-3)
+    edge = np.interp(np.arctan2(dy, dx), ang[o], rad[o], period=2 * np.pi).astype(np.float32)
+    f = (np.maximum(2 * edge - r, edge) + np.float32(margin)) / r
+    return cv2.remap(img, np.float32(c[0]) + dx * f, np.float32(c[1]) + dy * f, cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_CONSTANT)
+
+
+def ring_fill(src: np.ndarray, known: np.ndarray, poly: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """The covered ring's background: the surroundings (`src`, BGR float premultiplied by `known`,
+    0 under the cover) reflected in across the covered polygon, on the top and sides; below the chin
+    (within MIRROR_DOWN of straight down, where a reflection would pull the collar up to the jaw),
+    and where the reflection would read unknown pixels, the smooth `fill`."""
+    m = mirror_ring(np.dstack([src, known]), poly)
+    k = m[..., 3:4]
+    mir = m[..., :3] / np.maximum(k, 1e-3)
+    h, w = known.shape[:2]
+    c = poly.mean(0)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    down = np.degrees(np.arctan2(np.abs(xs - c[0]), ys - c[1]))  # 0 straight down, 180 up
+    wgt = np.clip((down - MIRROR_DOWN[0]) / (MIRROR_DOWN[1] - MIRROR_DOWN[0]), 0, 1)[..., None]
+    wgt = wgt * np.clip((k - 0.5) * 4, 0, 1)
+    return wgt * mir + (1 - wgt) * fill
+
+
+def blend_bands(a: np.ndarray, b: np.ndarray, mask: np.ndarray, levels: int = 5) -> np.ndarray:
+    """Multi-band (Laplacian pyramid) blend: `a` where mask is 1, `b` where 0; coarse bands cross
+    over wide, fine bands over narrow transitions (no soft band of lost detail, no hard edge)."""
+    ga, gb, gm = [a.astype(np.float32)], [b.astype(np.float32)], [mask.astype(np.float32)]
+    for _ in range(levels):
+        if min(ga[-1].shape[:2]) < 8:
+            break
+        ga.append(cv2.pyrDown(ga[-1]))
+        gb.append(cv2.pyrDown(gb[-1]))
+        gm.append(cv2.pyrDown(gm[-1]))
+    m = gm[-1][..., None] if a.ndim == 3 else gm[-1]
+    out = ga[-1] * m + gb[-1] * (1 - m)
+    for k in range(len(ga) - 2, -1, -1):
+        size = (ga[k].shape[1], ga[k].shape[0])
+        la = ga[k] - cv2.pyrUp(ga[k + 1], dstsize=size)
+        lb = gb[k] - cv2.pyrUp(gb[k + 1], dstsize=size)
+        m = gm[k][..., None] if a.ndim == 3 else gm[k]
+        out = cv2.pyrUp(out, dstsize=size) + la * m + lb * (1 - m)
+    return out

@@ -51,6 +51,8 @@ GRAIN = 1.0         # grain level over the frame's own (robust RMS in that band,
 GRAIN_WINDOW = 1.6  # the level is read within the covered polygon's box grown by this ...
 GRAIN_CLEAR = 1.15  # ... outside the polygon grown by this (past most of the feather)
 EDGE_SOFT = 0.02    # of the polygon's size: the soft edge of sharpening and grain
+RENDER_MAX = 2.0    # a face is rendered at up to this x the 128 px crop (its own resolution below)
+SHARP_CACHE = 32    # sharp identity textures kept decoded
 
 
 class IdentityBank:
@@ -59,6 +61,11 @@ class IdentityBank:
         self.geo = fg.Geometry(d["mean_shape"], d["tris"])
         jpeg, off = d["jpeg"], d["offsets"]
         self.textures = [cv2.imdecode(jpeg[off[i]:off[i + 1]], cv2.IMREAD_COLOR) for i in range(len(off) - 1)]
+        # sharp textures (tex_scale x 128 px), decoded when a track takes the identity
+        self.tex_scale = int(d["tex_scale"]) if "sharp_jpeg" in d else 0
+        self._sharp_jpeg = d["sharp_jpeg"] if self.tex_scale else None
+        self._sharp_off = d["sharp_offsets"] if self.tex_scale else None
+        self._sharp: OrderedDict[int, np.ndarray] = OrderedDict()
         self._valid: dict[int, np.ndarray] = {}  # identity -> Geometry.identity_valid, made on first use
         self._full = float((self.geo.id_valid > 0.99).sum())
         self.grids = d["grid"].astype(np.float32)
@@ -72,6 +79,20 @@ class IdentityBank:
         if v is None:
             v = self._valid[idx] = self.geo.identity_valid(self.textures[idx])
         return v
+
+    def sharp(self, idx: int) -> np.ndarray | None:
+        """Identity idx's texture at tex_scale x 128 px (None without a sharp bank)."""
+        if not self.tex_scale:
+            return None
+        t = self._sharp.get(idx)
+        if t is None:
+            j, o = self._sharp_jpeg, self._sharp_off
+            t = self._sharp[idx] = cv2.imdecode(j[o[idx]:o[idx + 1]], cv2.IMREAD_COLOR)
+            while len(self._sharp) > SHARP_CACHE:
+                self._sharp.popitem(last=False)
+        else:
+            self._sharp.move_to_end(idx)
+        return t
 
     def candidates(self, age: float, male: float, k: int = 12) -> np.ndarray:
         """The k identities of the same (clearly read) gender nearest in apparent age, among those
@@ -169,12 +190,19 @@ class Generative:
         matched = LIKE_PENALTY * (1.0 + like) if like >= LIKE_MAX else 0.0
         return matched + 100.0 * ((m_ >= 0.5) != (male >= 0.5)) + abs(a_ - age)
 
-    def render(self, crop: np.ndarray, pts: np.ndarray, idx: int, mask_scale: float, net=None) -> np.ndarray:
-        """The generated 128x128 BGR uint8 crop for identity idx (network-free without `net`)."""
+    def render(self, crop: np.ndarray, pts: np.ndarray, idx: int, mask_scale: float, net=None,
+               sharp: tuple | None = None) -> np.ndarray:
+        """The generated 128x128 BGR uint8 crop for identity idx (network-free without `net`); with
+        `sharp` = (the frame aligned at s x the crop, s, surroundings or None), network-free at that
+        resolution from the identity's sharp texture (fg.render_sharp)."""
         shape = None if self.bank.shapes is None else self.bank.shapes[idx]
-        x, _ = fg.generator_input(self.bank.geo, crop, pts, self.bank.textures[idx], mask_scale, shape,
-                                  fg.SHAPE_PULL, self.bank.valid(idx))
-        if net is not None:
+        p = fg.prepare(self.bank.geo, crop, pts, self.bank.textures[idx], mask_scale, shape,
+                       fg.SHAPE_PULL, self.bank.valid(idx))
+        x = p.x
+        if sharp is not None:
+            y = fg.render_sharp(self.bank.geo, p, sharp[0], pts, mask_scale, self.bank.sharp(idx),
+                                self.bank.tex_scale, self.bank.valid(idx), sharp[1], sharp[2])
+        elif net is not None:
             y = net.run(x)[0][0].transpose(1, 2, 0)
         else:
             y = fg.classic_render(x)
@@ -203,17 +231,55 @@ class Generative:
             self.precision = NO_NET
         crop, pts, m = self.bank.geo.crop(frame, face.landmarks)
         idx = self.identity(key, face.track_id, frame, face.landmarks, mask_scale)
-        out = self.render(crop, pts, idx, mask_scale, net)
         inv = cv2.invertAffineTransform(m)
         inv[:, 2] -= np.float32(roi_box[:2])
-        h, w = roi.shape[:2]
         up = float(np.sqrt(abs(np.linalg.det(inv[:, :2]))))  # frame px per crop px
+        s = 1.0
+        if net is None and self.bank.tex_scale:
+            # at the face's own resolution (up to RENDER_MAX x), from the sharp texture
+            size = int(round(fg.SIZE * min(max(up, 1.0), RENDER_MAX)))
+            s = size / fg.SIZE
+            ms = m * np.float32(s)
+            ctx = cv2.warpAffine(frame, ms, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            ring = self.surroundings(frame, fg.oval_polygon(face.landmarks, mask_scale), ms, size) \
+                if fg.RING_MIRROR else None
+            out = self.render(crop, pts, idx, mask_scale, sharp=(ctx, s, ring))
+            back = cv2.invertAffineTransform(ms)
+            back[:, 2] -= np.float32(roi_box[:2])
+        else:
+            out = self.render(crop, pts, idx, mask_scale, net)
+            back = inv
+        h, w = roi.shape[:2]
+        rest = up / s  # frame px per rendered px
         # ROI pixels the crop does not reach stay pixelated, never original
-        cv2.warpAffine(out, inv, (w, h), dst=fallback, borderMode=cv2.BORDER_TRANSPARENT,
-                       flags=cv2.INTER_CUBIC if up > 1.0 else cv2.INTER_LINEAR)
+        cv2.warpAffine(out, back, (w, h), dst=fallback, borderMode=cv2.BORDER_TRANSPARENT,
+                       flags=cv2.INTER_CUBIC if rest > 1.0 else cv2.INTER_LINEAR)
         poly = fg.oval_polygon(face.landmarks, mask_scale) - np.float32(roi_box[:2])
-        self.detail(fallback, poly, inv, up, frame, roi_box, key, face.track_id)
+        self.detail(fallback, poly, inv, up, frame, roi_box, key, face.track_id, rest)
         return fallback
+
+    @staticmethod
+    def surroundings(frame: np.ndarray, poly: np.ndarray, ms: np.ndarray, size: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """The frame OUTSIDE the covered polygon `poly` (frame px; grown by a pixel, so nothing
+        under the cover), aligned by `ms` into a size x size crop: (BGR float 0..1 premultiplied by
+        where it is known, known). Beyond the frame's edge the frame is reflected (still only
+        uncovered pixels), so a face at the edge gets texture, not streaks."""
+        lo, hi = poly.min(0), poly.max(0)
+        c, half = (lo + hi) / 2, (hi - lo) / 2 * 1.6
+        x0, y0 = np.maximum(0, np.floor(c - half)).astype(int)
+        x1, y1 = np.minimum(frame.shape[1::-1], np.ceil(c + half)).astype(int)
+        sub = frame[y0:y1, x0:x1].astype(np.float32) / 255.0
+        known = np.ones(sub.shape[:2], np.float32)
+        cv2.fillPoly(known, [np.round((poly - np.float32([x0, y0])) * 16).astype(np.int32)], 0.0,
+                     lineType=cv2.LINE_8, shift=4)
+        known = cv2.erode(known, np.ones((3, 3), np.uint8))
+        sub *= known[..., None]
+        m = ms.astype(np.float64).copy()
+        m[:, 2] += m[:, :2] @ np.float64([x0, y0])
+        img = cv2.warpAffine(sub, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        k = cv2.warpAffine(known, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        return img, k
 
     def _noise(self, key: bytes, track_id: int, k: int) -> np.ndarray:
         """Unit white noise on the canonical crop at k x its resolution, fixed per (key, track): the
@@ -228,9 +294,10 @@ class Generative:
         return n
 
     def detail(self, roi: np.ndarray, poly: np.ndarray, inv: np.ndarray, up: float, frame: np.ndarray,
-               roi_box, key: bytes, track_id: int) -> None:
+               roi_box, key: bytes, track_id: int, rest: float | None = None) -> None:
         """In place, inside the covered polygon `poly` (ROI px) with a soft edge: sharpen the
-        upscaled rendering at its own scale, and add grain whose high-frequency level is the
+        rendering where it was magnified (by `rest`, frame px per rendered px; `up` if None) at its
+        own scale, and add grain whose high-frequency level is the
         frame's own, read OUTSIDE the covered region (nothing of the covered face is read)."""
         h, w = roi.shape[:2]
         size = float(max(poly.max(0) - poly.min(0)))
@@ -238,8 +305,9 @@ class Generative:
         cv2.fillPoly(mask, [np.round(poly * 16).astype(np.int32)], 1.0, lineType=cv2.LINE_AA, shift=4)
         mask = cv2.GaussianBlur(mask, (0, 0), max(0.5, EDGE_SOFT * size))
         img = roi.astype(np.float32)
-        if up > 1.0:
-            img += SHARPEN * (img - cv2.GaussianBlur(img, (0, 0), SHARP_SIGMA * up)) * mask[..., None]
+        rest = up if rest is None else rest
+        if rest > 1.0:
+            img += SHARPEN * (img - cv2.GaussianBlur(img, (0, 0), SHARP_SIGMA * rest)) * mask[..., None]
         level = self.grain_level(frame, poly + np.float32(roi_box[:2]))
         if level > 0:
             k = int(np.clip(round(up), 1, 4))
