@@ -163,3 +163,9 @@ def identity_key(data: bytes) -> bytes:
     if not data:
         raise OwnerKeyError("the identity key file is empty")
     return hashlib.sha256(b"anoncam identity key v1\0" + data).digest()
+
+
+def owner_recipient(cfg):
+    """The owner's public key of `privacy.owner_public_key` (None: no sealing); a private key is refused."""
+    v = cfg.privacy.owner_public_key
+    return None if v is None else recipient(v)

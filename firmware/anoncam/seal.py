@@ -35,6 +35,7 @@ import pyrage
 from . import assets, registry
 from .anonymize.masks import face_polygon, roi_for
 from .config import AnonymizeConfig, Config
+from .keys import owner_recipient  # noqa: F401  (callers take it from here too)
 from .policy import default_policy
 from .types import Face
 
@@ -105,13 +106,6 @@ class SealPolicy:
                 x0, y0, x1, y1 = roi
                 items.append((f.track_id, roi, frame[y0:y1, x0:x1].copy(), zone_free(self.cfg, roi, frame.shape)))
         sidecar["seal"] = Crops(items)
-
-
-def owner_recipient(cfg: Config):
-    """The owner's public key of `privacy.owner_public_key` (None: no sealing); a private key is refused."""
-    from .keys import recipient
-    v = cfg.privacy.owner_public_key
-    return None if v is None else recipient(v)
 
 
 def policy_for(cfg: Config) -> SealPolicy:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..control import SETTINGS, Control
-from ..seal import owner_recipient
+from ..keys import owner_recipient
 from ..stats import Stats
 from ..types import FrameResult
 from .commands import CommandDispatcher
