@@ -240,7 +240,7 @@ def test_sigterm_while_connecting_at_start(camera, media, tmp_path, cli_env, dae
 
 
 HUNG_CAMERA = """
-import sys, threading
+import sys, threading, time
 sys.path.insert(0, {tests!r})
 import cv2
 import fake_picamera2
@@ -250,6 +250,7 @@ real = fake_picamera2.Picamera2.capture_array
 def capture_array(self, name="main"):
     if self._n >= 30:
         threading.Event().wait()  # the camera hangs: this call never returns
+    time.sleep(1 / 15)  # a camera's pace (summary lines come every 0.5 s)
     return real(self, name)
 fake_picamera2.Picamera2.capture_array = capture_array
 sys.modules["picamera2"] = fake_picamera2
