@@ -181,8 +181,8 @@ class Generative:
         region = img[y0:y1, x0:x1].copy()
         local = pts - np.float32([x0, y0])
         crop, cpts, m = self.bank.geo.crop(region, local)
-        out = self.render(crop, cpts, idx, mask_scale)
-        cv2.warpAffine(out, cv2.invertAffineTransform(m), region.shape[1::-1], dst=region,
+        out, back, _ = self._draw(region, local, crop, cpts, m, idx, mask_scale)  # as the face will look
+        cv2.warpAffine(out, back, region.shape[1::-1], dst=region,
                        flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT)
         m_, a_ = self.attrs.read(region, local)
         like = float(ref @ self.likeness.embed(region, local))
@@ -234,21 +234,9 @@ class Generative:
         inv = cv2.invertAffineTransform(m)
         inv[:, 2] -= np.float32(roi_box[:2])
         up = float(np.sqrt(abs(np.linalg.det(inv[:, :2]))))  # frame px per crop px
-        s = 1.0
-        if net is None and self.bank.tex_scale:
-            # at the face's own resolution (up to RENDER_MAX x), from the sharp texture
-            size = int(round(fg.SIZE * min(max(up, 1.0), RENDER_MAX)))
-            s = size / fg.SIZE
-            ms = m * np.float32(s)
-            ctx = cv2.warpAffine(frame, ms, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-            ring = self.surroundings(frame, fg.oval_polygon(face.landmarks, mask_scale), ms, size) \
-                if fg.RING_MIRROR else None
-            out = self.render(crop, pts, idx, mask_scale, sharp=(ctx, s, ring))
-            back = cv2.invertAffineTransform(ms)
-            back[:, 2] -= np.float32(roi_box[:2])
-        else:
-            out = self.render(crop, pts, idx, mask_scale, net)
-            back = inv
+        out, back, s = self._draw(frame, face.landmarks, crop, pts, m, idx, mask_scale, net)
+        back = back.copy()
+        back[:, 2] -= np.float32(roi_box[:2])
         h, w = roi.shape[:2]
         rest = up / s  # frame px per rendered px
         # ROI pixels the crop does not reach stay pixelated, never original
@@ -257,6 +245,22 @@ class Generative:
         poly = fg.oval_polygon(face.landmarks, mask_scale) - np.float32(roi_box[:2])
         self.detail(fallback, poly, inv, up, frame, roi_box, key, face.track_id, rest)
         return fallback
+
+    def _draw(self, frame: np.ndarray, landmarks: np.ndarray, crop: np.ndarray, pts: np.ndarray,
+              m: np.ndarray, idx: int, mask_scale: float, net=None) -> tuple[np.ndarray, np.ndarray, float]:
+        """(rendering, its affine back into the frame, its scale over the 128 px crop): without the
+        network and with a sharp bank at the face's own resolution (1..RENDER_MAX x the crop, with
+        the reflected ring), else the 128 px crop."""
+        up = float(np.sqrt(abs(np.linalg.det(m[:, :2])))) ** -1  # frame px per crop px
+        if net is None and self.bank.tex_scale:
+            size = int(round(fg.SIZE * min(max(up, 1.0), RENDER_MAX)))
+            s = size / fg.SIZE
+            ms = m * np.float32(s)
+            ctx = cv2.warpAffine(frame, ms, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            ring = self.surroundings(frame, fg.oval_polygon(landmarks, mask_scale), ms, size) \
+                if fg.RING_MIRROR else None
+            return self.render(crop, pts, idx, mask_scale, sharp=(ctx, s, ring)), cv2.invertAffineTransform(ms), s
+        return self.render(crop, pts, idx, mask_scale, net), cv2.invertAffineTransform(m), 1.0
 
     @staticmethod
     def surroundings(frame: np.ndarray, poly: np.ndarray, ms: np.ndarray, size: int
