@@ -117,6 +117,7 @@ def test_camera_access_and_privacy_settings():
     # libcamera needs /dev/video*, /dev/media*, /dev/dma_heap: nothing may close the device list.
     for closes_devices in ("PrivateDevices", "DevicePolicy", "DeviceAllow", "ProtectClock"):
         assert closes_devices not in d, closes_devices
+    assert d["MemorySwapMax"] == ["0"]  # raw frames in memory never go to a swap on the SD card
     assert d["LimitCORE"] == ["0"] and d["NoNewPrivileges"] == ["yes"] and d["CapabilityBoundingSet"] == [""]
     assert d["ProtectSystem"] == ["strict"] and d["ProtectHome"] == ["yes"] and d["PrivateTmp"] == ["yes"]
     for dirs in ("StateDirectory", "CacheDirectory", "LogsDirectory", "ConfigurationDirectory"):
