@@ -8,6 +8,7 @@ left under an output name unless it was completely written. Frames go through th
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import tempfile
@@ -20,7 +21,7 @@ from .capture import IMAGE_EXT, VIDEO_EXT, SourceError
 from .capture.files import VideoFileSource, still
 from .loop import FrameLoop
 from .pipeline import Pipeline
-from .sinks.files import ImageFileSink, VideoFileSink, private_dir
+from .sinks.files import ImageFileSink, VideoFileSink
 from .stats import Stats
 
 log = logging.getLogger(__name__)
@@ -71,15 +72,21 @@ def plan(inputs: list[Path], output: Path) -> list[tuple[Path, Path]]:
 
 def _checked(pairs: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
     """Refuse an output that is an input (however spelled: another path, a symlink, a hard link: an
-    original is never overwritten) and create the output folders (0750) before any work."""
+    original is never overwritten) and check that the output folders can be made and written before any
+    work (nothing is created here: the sinks make them, 0750, when they write, so a run that stops at
+    start-up, e.g. on a broken model file, leaves nothing behind)."""
     for src, dst in pairs:
         if dst.exists() and (dst.is_dir() or os.path.samefile(src, dst)):
             why = "is a folder" if dst.is_dir() else f"is the input {src} (an original is never overwritten)"
             raise InputError(f"{dst}: {why}")
     for parent in sorted({dst.parent for _, dst in pairs}):
+        here = parent
+        while not here.exists() and here.parent != here:  # the nearest folder that exists
+            here = here.parent
         try:
-            private_dir(parent)
-            with tempfile.TemporaryFile(dir=parent):  # writable (root may "access" /proc but not write it)
+            if not here.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, f"{here} is not a folder")
+            with tempfile.TemporaryFile(dir=here):  # writable (root may "access" /proc but not write it)
                 pass
         except OSError as e:
             raise InputError(f"output folder {parent}: cannot write there: {e.strerror or e}") from None
