@@ -184,6 +184,18 @@ def test_one_unreadable_image_as_source_is_an_error(tmp_path, cli_env):
     assert not (tmp_path / "o.jpg").exists()
 
 
+def test_folder_of_unreadable_images_as_source_is_an_error(tmp_path, media, cli_env):
+    d = tmp_path / "in"
+    d.mkdir()
+    for name in ("a.jpg", "b.png"):
+        (d / name).write_bytes(b"not an image at all")
+    p = run(["run", "--source", str(d), "--output", str(tmp_path / "o"), "--max-frames", "3"], cli_env)
+    _clear_error(p, 1, str(d), "none of its 2 image(s) can be read")
+    shutil.copy(media["astronaut"], d / "c.png")  # one good image: the bad ones are dropped frames
+    p = run(["run", "--source", str(d), "--output", str(tmp_path / "o"), "--max-frames", "3"], cli_env)
+    assert p.returncode == 0, p.stderr[-2000:]
+
+
 def test_output_that_is_the_input_is_refused(tmp_path, media, cli_env):
     """-o naming the input however spelled (same path, ./, symlink, hard link, a folder it lands in)."""
     d = tmp_path / "in"

@@ -106,11 +106,20 @@ class ImagesSource:
         self.files = list_images(path)
         if not self.files:
             raise SourceError(f"{path}: no images")
-        if not path.is_dir():  # one image: unreadable is an error, not a stream of dropped frames
+        # An unreadable image is a dropped frame in a stream that has good ones; one image, or a folder
+        # with no readable image (which would loop as dropped frames forever), is an error at start.
+        errors = []
+        for p in self.files:
             try:
-                read_image(path)
+                read_image(p)
+                break
             except (OSError, ValueError) as e:
-                raise SourceError(f"source {e}") from None
+                errors.append(str(e))
+        else:
+            if not path.is_dir():
+                raise SourceError(f"source {errors[0]}")
+            raise SourceError(f"source {path}: none of its {len(self.files)} image(s) can be read "
+                              f"(first: {errors[0]})")
         self.loop, self.fps = loop, fps or 1.0
 
     def __iter__(self):
