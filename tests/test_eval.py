@@ -24,7 +24,7 @@ from conftest import ANONCAM
 PEOPLE, FRAMES = 8, 60
 FILES = {"report.md", "report.json", "privacy_utility.png", "contact_sheet.png"}
 ORL_KEYS = {"faces", "gallery", "probes", "rank1", "chance", "cos_orig_anon_mean", "yunet_found", "iou_mean",
-            "landmark_error_mean", "expression_agreement", "gender_agreement", "age_mae", "ms_per_face_p50",
+            "landmark_error_mean", "expression_agreement", "mouth_agreement", "gender_agreement", "age_mae", "ms_per_face_p50",
             "probes_aligned_by_original_detection"}
 FRANCK_KEYS = {"faces", "consecutive_cos_median", "anon_orig_cos_median", "yunet_found", "consecutive_pairs",
                "pipeline_ms_per_frame_p50"}
@@ -109,6 +109,7 @@ def test_no_anonymization_gives_the_instruments_ceiling(report):
     assert o["yunet_found"] == 1.0 and o["iou_mean"] > 0.999
     assert o["landmark_error_mean"] < 1e-6
     assert o["gender_agreement"] == 1.0 and o["expression_agreement"] == 1.0 and o["age_mae"] < 1e-6
+    assert o["mouth_agreement"] == 1.0 and o["mouth_open_agreement"] == o["smile_agreement"] == 1.0
     assert o["probes_aligned_by_original_detection"] == 0
     f = report["json"]["methods"]["none"]["franck"]
     assert f["anon_orig_cos_median"] > 0.999

@@ -28,6 +28,7 @@ from ..pipeline import Pipeline
 from ..types import Detection, Face
 from . import datasets
 from .metrics import Instruments, Reading, cosine, landmark_error
+from .mouth import agreement
 
 log = logging.getLogger(__name__)
 
@@ -355,6 +356,7 @@ def summarize_orl(run: MethodRun, people: int) -> dict:
     lm_err = [landmark_error(o.landmarks, a.landmarks) for _, _, o, a in run.orl]
     expr = [int(np.argmax(o.expression)) == int(np.argmax(a.expression)) for _, _, o, a in run.orl]
     gender = [(o.p_male >= 0.5) == (a.p_male >= 0.5) for _, _, o, a in run.orl]
+    mouth = agreement([(o.mouth, a.mouth) for _, _, o, a in run.orl])
     age = [abs(o.age - a.age) for _, _, o, a in run.orl]
     ms = run.face_ms
     return {
@@ -365,7 +367,8 @@ def summarize_orl(run: MethodRun, people: int) -> dict:
         "cos_orig_anon_mean": _mean(cos), "cos_orig_anon_median": _median(cos),
         "yunet_found": _mean(found), "iou_mean": _mean(ious),
         "landmark_error_mean": _mean(lm_err), "landmark_error_median": _median(lm_err),
-        "expression_agreement": _mean(expr), "gender_agreement": _mean(gender), "age_mae": _mean(age),
+        "expression_agreement": _mean(expr), "mouth_agreement": mouth["both"],
+        "mouth_open_agreement": mouth["open"], "smile_agreement": mouth["smile"], "gender_agreement": _mean(gender), "age_mae": _mean(age),
         "ms_per_face_p50": _median(ms), "ms_per_face_p95": float(np.percentile(ms, 95)) if ms else None,
         "cpu_ms_per_face_p50": _median(run.face_cpu_ms), "first_face_ms_p50": _median(run.first_ms),
         "original_male_share": _mean([o.p_male >= 0.5 for _, _, o, _ in run.orl]),

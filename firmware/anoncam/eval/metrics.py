@@ -75,6 +75,7 @@ class Reading:
     expression: np.ndarray          # 7 probabilities
     p_male: float
     age: float
+    mouth: object = None            # eval.mouth.MouthState: open / smile by face-api's 68 points
 
 
 class Instruments:
@@ -87,6 +88,7 @@ class Instruments:
         self.recognizer = cv2.FaceRecognizerSF.create(str(fetch_model("sface")), "")
         self.attrs = AgeGender(threads, path=fetch_model)
         self.fer_net = open_model(fetch_model("fer"), "tflite", threads=threads)
+        self.threads = threads
 
     # detection -------------------------------------------------------------------------------
     def detect(self, img: np.ndarray, tiles: str = "none") -> list[Detection]:
@@ -133,6 +135,13 @@ class Instruments:
         x = ((crop.astype(np.float32) / 255.0 - 0.5) * 2.0)[None, :, :, None]
         return self.fer_net.run(x)[0].reshape(-1)
 
+    def mouth(self, img: np.ndarray, box: np.ndarray):
+        """Mouth open / smile read by face-api's 68-point landmark net (eval.mouth), built on first use."""
+        from .mouth import Landmarks68, state68
+        if getattr(self, "_lm68", None) is None:
+            self._lm68 = Landmarks68(self.threads)
+        return state68(self._lm68.run(img, box))
+
     def gender_age(self, img: np.ndarray, landmarks: np.ndarray) -> tuple[float, float]:
         return self.attrs.read(img, landmarks)
 
@@ -144,4 +153,5 @@ class Instruments:
         geo = ref_landmarks if ref_landmarks is not None else lm
         p_male, age = self.gender_age(img, geo)
         return Reading(det=own, embedding=emb, aligned_by_own_detection=own is not None, landmarks=lm,
-                       expression=self.expression(img, ref.box), p_male=p_male, age=age)
+                       expression=self.expression(img, ref.box), p_male=p_male, age=age,
+                       mouth=self.mouth(img, ref.box))

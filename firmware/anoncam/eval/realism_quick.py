@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     net = FaceApiNet(a.threads)
     res, rows = realism_run.measure_faces(inst, net, runs, faces)
     out = {"faces": len(faces), "methods": {k: {x: v[x] for x in (*realism_run.KEYS, "skin_delta", "skin_within",
-                                                                   "auc_stats", "auc_faceapi")}
+                                                                   "auc_stats", "auc_faceapi", "mouth",
+                                                                   "mouth_facemesh", "smile_fer", "expression_class")}
                                             for k, v in res.items()}}
     if a.orl:
         out["faceapi_orl"] = {k: v["rank1"] for k, v in realism_run.faceapi_orl(inst, net, runs, a.orl).items()}

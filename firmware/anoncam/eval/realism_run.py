@@ -18,9 +18,11 @@ from ..anonymize.masks import face_polygon
 from ..capture import Frame
 from ..loop import FrameLoop
 from . import datasets
+from . import mouth as M
 from . import realism as R
 from .core import BASELINE, _face, tile
 from .faceapi import FaceApiNet
+from .metrics import EXPRESSIONS
 
 PHOTOS = ("group1", "group2", "group3", "group4", "group5", "group6", "astronaut")
 STILLS = ("connery", "audrey", "bieber", "murray", "cage", "chuck", "clooney", "kim", "obama", "queen",
@@ -84,6 +86,8 @@ def measure_faces(inst, net: FaceApiNet, runs: dict, faces: list[dict]) -> tuple
     """Per method: medians of detail and seam, two-sample AUCs; and the sheet rows."""
     orig_stats = np.array([R.stat_features(f["img"], f["det"].box) for f in faces])
     orig_emb = net.descriptors([net.chip(f["img"], f["lm"]) for f in faces])
+    orig_mouth = [(inst.mouth(f["img"], f["det"].box), M.state_mesh(f["lm"]), inst.expression(f["img"], f["det"].box))
+                  for f in faces]
     groups = np.r_[[f["group"] for f in faces], [f["group"] for f in faces]]
     rows = [{"label": f"{f['source']} ({int(f['det'].size)} px)", "original": tile(f["img"], f["det"].box, CELL)}
             for f in faces]
@@ -91,7 +95,7 @@ def measure_faces(inst, net: FaceApiNet, runs: dict, faces: list[dict]) -> tuple
     for run in runs.values():
         if run.name == BASELINE or run.error or run.pipe is None:
             continue
-        per, stats, embs = [], [], []
+        per, stats, embs, mouth, mesh, fer = [], [], [], [], [], []
         for i, f in enumerate(faces):
             anon, poly, feather = _cover(run, f, 3_000_000 + i)
             inside, ring = R.detail_ratio(f["img"], anon, f["det"].box)
@@ -100,7 +104,15 @@ def measure_faces(inst, net: FaceApiNet, runs: dict, faces: list[dict]) -> tuple
                         "detail_inside": inside, "detail_ring": ring, "seam_colour": seam.colour,
                         "seam_texture": seam.gradient, "skin_delta": R.skin_delta(f["img"], anon, f["lm"])})
             stats.append(R.stat_features(anon, f["det"].box))
-            embs.append(net.embed(anon, inst.landmarks(anon, f["det"])))  # aligned on the anonymized face
+            anon_lm = inst.landmarks(anon, f["det"])
+            embs.append(net.embed(anon, anon_lm))  # aligned on the anonymized face
+            o68, omesh, oexp = orig_mouth[i]
+            a68, aexp = inst.mouth(anon, f["det"].box), inst.expression(anon, f["det"].box)
+            mouth.append((o68, a68))
+            mesh.append((omesh, M.state_mesh(anon_lm)))
+            fer.append((int(np.argmax(oexp)), int(np.argmax(aexp))))
+            per[-1].update({"open": [o68.open, a68.open], "smile": [o68.smile, a68.smile],
+                            "fer": [EXPRESSIONS[fer[-1][0]], EXPRESSIONS[fer[-1][1]]]})
             rows[i][run.name] = tile(anon, f["det"].box, CELL)
         entry = {k: _median([p[k] for p in per]) for k in ("detail_inside", "detail_ring", "seam_colour",
                                                            "seam_texture")}
@@ -110,6 +122,10 @@ def measure_faces(inst, net: FaceApiNet, runs: dict, faces: list[dict]) -> tuple
         skin = [p["skin_delta"] for p in per if np.isfinite(p["skin_delta"])]
         entry["skin_delta"] = _median(skin)
         entry["skin_within"] = float(np.mean(np.array(skin) <= R.SKIN_DELTA)) if skin else None
+        entry["mouth"] = M.agreement(mouth)            # face-api 68 points: independent of the method
+        entry["mouth_facemesh"] = M.agreement(mesh)    # the method's own landmark model
+        entry["smile_fer"] = float(np.mean([(o == M.FER_HAPPY) == (a == M.FER_HAPPY) for o, a in fer]))
+        entry["expression_class"] = float(np.mean([o == a for o, a in fer]))
         entry["auc_stats"] = R.two_sample_auc(orig_stats, np.array(stats), groups)
         entry["auc_faceapi"] = R.two_sample_auc(orig_emb, np.array(embs), groups)
         entry["faces"] = per
@@ -323,6 +339,14 @@ def markdown(rep: dict) -> list[str]:
               f"{R.SKIN_DELTA:g} units on >= 90 % of faces): " + "; ".join(
                   f"{name} {_f(m.get('skin_within'), '{:.0%}')} within, median {_f(m.get('skin_delta'), '{:.1f}')}"
                   for name, m in rep["methods"].items()) + ".", "",
+              "Expression kept (target: mouth open/closed and smile agree on >= 85 % of faces, expression "
+              "class >= 50 %): " + "; ".join(
+                  f"{name} mouth open {_f(m['mouth']['open'], '{:.0%}')}, smile {_f(m['mouth']['smile'], '{:.0%}')}, "
+                  f"both {_f(m['mouth']['both'], '{:.0%}')} (face-api 68 landmarks; the originals: "
+                  f"{m['mouth'].get('original_open', 0)} open, {m['mouth'].get('original_smile', 0)} smiling), "
+                  f"both by FaceMesh {_f(m['mouth_facemesh']['both'], '{:.0%}')} (the method's own landmarks), "
+                  f"fer happy {_f(m['smile_fer'], '{:.0%}')}, fer class {_f(m['expression_class'], '{:.0%}')}"
+                  for name, m in rep["methods"].items()) + ".", "",
               "Detail by kind of face (inside / ring):", ""]
     for name, m in rep["methods"].items():
         lines.append(f"- {name}: " + "; ".join(f"{kind} {_f(v['detail_inside'], '{:.3f}')} / "
@@ -337,6 +361,12 @@ def markdown(rep: dict) -> list[str]:
               "person's colour and grey frames too), 5 repeats. Image stats: radial power spectrum of a "
               "112 px crop, native-resolution octave energy ratios, Lab mean/std, gradient quantiles. face-api: "
               "its 128-d descriptor.",
+              "- **expression kept**: original and anonymized read by the same model at the original's face box. "
+              f"face-api.js's 68-point landmark net (not used by any method): open = inner-lip gap >= {M.OPEN_RATIO:g} "
+              f"of the mouth's width; smile = corners lifted >= {M.SMILE_LIFT:g} of the width above the middle "
+              f"of the slit, or the mouth >= {M.SMILE_WIDTH:g}x the eye-centre distance. FaceMesh reads the same "
+              "(the generative method renders on FaceMesh, so that column is its own model agreeing with itself). "
+              "fer: `happy` as top class, and the top class itself.",
               "- **flicker**: the camera pipeline over each clip; " + "; ".join(
                   f"{c}: {v['frames']} frames" + (f", upscaled {v['upscale']}x" if v["upscale"] > 1 else "")
                   + (" (in the generator's training set)" if v["in_generator_training"] else " (held out)")

