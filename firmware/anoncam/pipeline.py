@@ -61,7 +61,8 @@ class Pipeline:
                 detections: object = AUTO) -> FrameResult:
         """Anonymize `frame` in place. `detect_frame`: a smaller view of the same frame to detect on
         (picamera2 lores). `still`: an independent photo (all tiles, no tracking history). `live`: the
-        time budget applies (a camera); files anonymized offline have no deadline. `detections`: what
+        time budget applies (a camera) and no frame waits for a method's slow work (generative's
+        choice of a new track's identity); files anonymized offline have no deadline. `detections`: what
         `detect` returned for this frame, run ahead in another thread (an exception it raised fails
         the frame closed); by default the detector runs here."""
         ts = time.time() if timestamp is None else timestamp
@@ -80,7 +81,7 @@ class Pipeline:
             self.policy.decide(frame, res.faces, res.sidecar)
             for f in res.faces:
                 if f.method is not None:
-                    self.anonymizer.face(frame, f)
+                    self.anonymizer.face(frame, f, live=live)
             self.anonymizer.zones(frame)
             res.timings["anonymize"] = (time.perf_counter() - t) * 1000
         except Exception as e:  # fail closed on any fault, whatever it is

@@ -37,8 +37,8 @@ class Anonymizer:
         self._ready[name] = fn
         return fn
 
-    def face(self, frame: np.ndarray, face: Face) -> None:
-        """Cover one face in place."""
+    def face(self, frame: np.ndarray, face: Face, live: bool = False) -> None:
+        """Cover one face in place. `live`: a camera's frame (a method must not make it wait)."""
         method = face.method or self.cfg.method
         fn = self.method_fn(method)
         scale = getattr(self.cfg, registry.spec(method).mask_scale_field)
@@ -54,7 +54,7 @@ class Anonymizer:
                   blocks=self.cfg.pixelate_blocks, color=self.cfg.solid_color,
                   face=face, frame=frame, roi_box=roi, key=self.key, mask_scale=scale,
                   min_face=self.cfg.generative_min_face, use_net=self.cfg.generative_net,
-                  precision=self.precision)
+                  precision=self.precision, live=live)
         m = feathered(poly, roi, feather)
         region[:] = cv2.blendLinear(repl, region, m, 1.0 - m)
 

@@ -203,7 +203,9 @@ def clips(inst, runs: dict, franck_frames: int) -> tuple[dict, dict]:
             if run.name == BASELINE or run.error or run.pipe is None:
                 continue
             run.pipe.reset()
-            loop, anon = FrameLoop(run.pipe), []
+            # as `anoncam anonymize` makes it: live, generative blurs a new track's first frames
+            # until its identity is chosen, a switch that is not the rendering's flicker
+            loop, anon = FrameLoop(run.pipe, live=False), []
             for i, f in enumerate(frames):
                 res = loop.anonymize(Frame(i, i / fps, f.copy()))
                 anon.append(res.image if res.image is not None else np.zeros_like(f))
