@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import cv2
@@ -23,23 +24,58 @@ def reference_boxes(det: YuNet, frame: np.ndarray) -> list[np.ndarray]:
     return [d.box / REF_UPSCALE for d in det.detect(big, tiles="none")]
 
 
-def video_reference(path: Path) -> list[list[np.ndarray]]:
-    """Reference face boxes for every frame of a clip, cached by the clip's sha256."""
+def reference_rows(det: YuNet, frame: np.ndarray) -> list[np.ndarray]:
+    """The reference faces as SFace alignment rows: x, y, w, h, five landmarks (x, y), score."""
+    big = cv2.resize(frame, None, fx=REF_UPSCALE, fy=REF_UPSCALE, interpolation=cv2.INTER_CUBIC)
+    rows = []
+    for d in det.detect(big, tiles="none"):
+        bx, kps = d.box / REF_UPSCALE, d.kps / REF_UPSCALE
+        rows.append(np.array([bx[0], bx[1], bx[2] - bx[0], bx[3] - bx[1], *kps.reshape(-1), d.score], np.float32))
+    return rows
+
+
+def _per_frame(path: Path, name: str, width: int, compute) -> list[list[np.ndarray]]:
+    """compute(reference detector, frame) -> that frame's rows (each `width` floats) for every frame
+    of a clip, cached under the cache's test-reference/ by the clip's sha256 and `name`."""
     key = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    cache = assets.cache_dir() / "test-reference" / f"{key}_x{REF_UPSCALE}_{REF_SIZE}.npz"
+    cache = assets.cache_dir() / "test-reference" / f"{key}_{name}.npz"
     if cache.is_file():
         data = np.load(cache, allow_pickle=False)
         counts, flat = data["counts"], data["boxes"]
         offsets = np.concatenate([[0], np.cumsum(counts)])
         return [list(flat[offsets[i]:offsets[i + 1]]) for i in range(len(counts))]
     det = reference_detector()
-    boxes = [reference_boxes(det, f) for f in iter_frames(path)]
+    rows = [compute(det, f) for f in iter_frames(path)]
     cache.parent.mkdir(parents=True, exist_ok=True)
-    flat = np.array([b for bs in boxes for b in bs], np.float32).reshape(-1, 4)
-    tmp = cache.with_name(cache.stem + ".part.npz")
-    np.savez(tmp, counts=np.array([len(b) for b in boxes]), boxes=flat)
+    flat = np.array([r for rs in rows for r in rs], np.float32).reshape(-1, width)
+    tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.part.npz")
+    np.savez(tmp, counts=np.array([len(r) for r in rows]), boxes=flat)
     tmp.replace(cache)
-    return boxes
+    return [[r.astype(np.float32) for r in rs] for rs in rows]
+
+
+def video_reference(path: Path) -> list[list[np.ndarray]]:
+    """Reference face boxes for every frame of a clip, cached by the clip's sha256."""
+    return _per_frame(path, f"x{REF_UPSCALE}_{REF_SIZE}", 4, reference_boxes)
+
+
+def video_reference_rows(path: Path) -> list[list[np.ndarray]]:
+    """The same reference faces for every frame of a clip, each as its SFace alignment row
+    (reference_rows) followed by SFace's feature of that face in the original (128 floats), cached
+    likewise (and by the SFace model's sha256): sface_cosine takes a frame's rows instead of
+    detecting and reading the original's faces again."""
+    rec = _sface_models()[1]
+
+    def compute(det, frame):
+        return [np.concatenate([r, rec.feature(rec.alignCrop(frame, r)).reshape(-1)])
+                for r in reference_rows(det, frame)]
+    sface = assets.load_manifest("models")["sface"].sha256[:8]
+    return _per_frame(path, f"x{REF_UPSCALE}_{REF_SIZE}_sface{sface}", 15 + 128, compute)
+
+
+def row_box(row: np.ndarray) -> np.ndarray:
+    """x0, y0, x1, y1 of an alignment row."""
+    return np.array([row[0], row[1], row[0] + row[2], row[1] + row[3]], np.float32)
 
 
 def iter_frames(path: Path):
@@ -68,26 +104,34 @@ SAME_PERSON = 0.363
 _sface = {}
 
 
-def sface_cosine(orig: np.ndarray, out: np.ndarray, box: np.ndarray) -> float | None:
-    """SFace cosine between the face at `box` in the original and the same place in the output,
-    both aligned with the reference detector's landmarks on the original (None: no reference face
-    there to align with)."""
+def _sface_models():
     if not _sface:
         _sface["det"] = reference_detector()
         _sface["rec"] = cv2.FaceRecognizerSF.create(str(assets.model_path("sface")), "")
-    det, rec = _sface["det"], _sface["rec"]
-    big = cv2.resize(orig, None, fx=REF_UPSCALE, fy=REF_UPSCALE, interpolation=cv2.INTER_CUBIC)
+    return _sface["det"], _sface["rec"]
+
+
+def sface_cosine(orig: np.ndarray, out: np.ndarray, box: np.ndarray, rows: list | None = None
+                 ) -> float | None:
+    """SFace cosine between the face at `box` in the original and the same place in the output,
+    both aligned with the reference detector's landmarks on the original (None: no reference face
+    there to align with). `rows`: the original's reference faces if known (video_reference_rows,
+    with the original's features), else the reference detector runs on it here."""
+    det, rec = _sface_models()
+    if rows is None:
+        rows = reference_rows(det, orig)
     best, row = 0.3, None
-    for d in det.detect(big, tiles="none"):
-        bx, kps = d.box / REF_UPSCALE, d.kps / REF_UPSCALE
+    for r in rows:
+        bx = row_box(r)
         ix = np.maximum(0, np.minimum(bx[2:], box[2:]) - np.maximum(bx[:2], box[:2])).prod()
         iou = ix / ((bx[2:] - bx[:2]).prod() + (box[2:] - box[:2]).prod() - ix)
         if iou > best:
-            best = iou
-            row = np.array([bx[0], bx[1], bx[2] - bx[0], bx[3] - bx[1], *kps.reshape(-1), d.score], np.float32)
+            best, row = iou, r
     if row is None:
         return None
-    fa, fb = (rec.feature(rec.alignCrop(img, row)).reshape(-1) for img in (orig, out))
+    row, known = row[:15], row[15:]  # known: the original's feature (video_reference_rows)
+    fa = known if len(known) else rec.feature(rec.alignCrop(orig, row)).reshape(-1)
+    fb = rec.feature(rec.alignCrop(out, row)).reshape(-1)
     return float(fa @ fb / (np.linalg.norm(fa) * np.linalg.norm(fb) + 1e-12))
 
 
