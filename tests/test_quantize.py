@@ -4,6 +4,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -61,10 +62,27 @@ def test_only_the_conv_on_the_image_stays_float(yunet_build):
     assert len(convs) > 40 and "Conv" in rep["int8"]["float_ops"]
 
 
-def test_int8_build_is_deterministic(yunet_build, tmp_path):
+@pytest.fixture(scope="module")
+def cli_build(models, media, tmp_path_factory):
+    """`anoncam models quantize yunet` into a fresh cache (the model blobs linked in): a second build
+    of the same model and settings as yunet_build, in another process and folder."""
+    base = tmp_path_factory.mktemp("cli-build")
+    (base / "cache").mkdir()
+    (base / "tmp").mkdir()
+    (base / "cache" / "blobs").symlink_to(assets.cache_dir() / "blobs")
+    env = dict(os.environ, ANONCAM_CACHE=str(base / "cache"), TMPDIR=str(base / "tmp"))
+    p = subprocess.run([*ANONCAM, "models", "quantize", "yunet"], env=env, capture_output=True, text=True,
+                       timeout=900)
+    assert p.returncode == 0, p.stderr
+    return base / "cache", env, p
+
+
+def test_int8_build_is_deterministic(yunet_build, cli_build):
     _, rep = yunet_build
-    again = quantize.build("yunet", out_root=tmp_path, force=True, log=lambda s: None)
+    folder = next((cli_build[0] / "int8" / "yunet").glob("*/report.json")).parent
+    again = json.loads((folder / "report.json").read_text())
     assert again["key"] == rep["key"] and again["int8"]["sha256"] == rep["int8"]["sha256"]
+    assert assets.sha256_file(folder / "model.onnx") == rep["int8"]["sha256"]
 
 
 def test_failing_gate_is_not_installed(models, media, tmp_path):
@@ -226,16 +244,11 @@ def test_auto_checks_the_int8_file_whatever_the_choice(int8_cache, choice):
     assert str(path) in str(e.value) and json.loads(report.read_text())["int8"]["sha256"] in str(e.value)
 
 
-def test_cli_models_quantize_builds_and_times(models, media, tmp_path, cli_env):
+def test_cli_models_quantize_builds_and_times(cli_build, media, tmp_path):
     """`anoncam models quantize yunet` runs the quantize tool into the cache; `anoncam anonymize` then
     logs what auto chose."""
-    (tmp_path / "cache").mkdir()
-    (tmp_path / "cache" / "blobs").symlink_to(assets.cache_dir() / "blobs")
-    env = dict(cli_env, ANONCAM_CACHE=str(tmp_path / "cache"))
-    p = subprocess.run([*ANONCAM, "models", "quantize", "yunet"], env=env, capture_output=True, text=True,
-                       timeout=900)
-    assert p.returncode == 0, p.stderr
-    rep = json.loads(next((tmp_path / "cache" / "int8" / "yunet").glob("*/report.json")).read_text())
+    cache, env, p = cli_build
+    rep = json.loads(next((cache / "int8" / "yunet").glob("*/report.json")).read_text())
     assert rep["installed"] and rep["speed"]["choice"] in ("int8", "fp32")
     assert f"runtime.precision auto runs {rep['speed']['choice']}" in p.stderr
     out = tmp_path / "astro.png"
