@@ -204,5 +204,67 @@ def test_mouth_drawn_only_when_open():
     assert np.array_equal(fg.draw_mouth(img, shut, 1.0), img)
     wide = np.stack([64 + 12 * np.cos(t), 80 + 6 * np.sin(t)], 1).astype(np.float32)
     out = fg.draw_mouth(img, wide, 1.0)
-    assert out[84, 64].mean() < 0.3 and out[76, 64].mean() > out[84, 64].mean()  # cavity, teeth above
+    assert out[80, 64].mean() < 0.3 and out[77, 64].mean() > out[80, 64].mean() + 0.25  # cavity, teeth above
     assert np.array_equal(out[20:60], img[20:60])  # nothing far from the mouth changes
+
+
+def test_teeth_follow_the_curve_of_a_smile():
+    """The teeth's edge runs along the upper lip: where a smile lifts the corners, the teeth rise too
+    (no flat slot across the mouth)."""
+    img = np.full((128, 128, 3), 0.6, np.float32)
+    x = np.linspace(44, 84, 11, dtype=np.float32)
+    u = (x - 64) / 20
+    upper = np.stack([x, 74 - 8 * (1 - (1 - u ** 2))], 1)  # corners 8 px above the middle
+    lower = np.stack([x[::-1], (84 - 8 * u ** 2)[::-1]], 1)
+    out = fg.draw_mouth(img, np.concatenate([upper, lower[1:-1]]).astype(np.float32), 1.0)
+
+    def first_dark(col):  # the first cavity row below the teeth in a column
+        return next(y for y in range(60, 100) if out[y, col].mean() < 0.35)
+    assert out[76, 64].mean() > 0.5 and out[73, 52].mean() > 0.5  # teeth under the lip, middle and side
+    assert first_dark(64) - first_dark(52) >= 2  # their edge is higher off-centre
+
+
+def test_lips_drawn_on_the_mesh_contours_and_grey_stays_grey(geo):
+    """draw_lips tints only the lips (and the line between them) of the mesh it is given: a smile's
+    lifted corners show where the mesh puts them; a grey face gets grey lips."""
+    img = np.full((128, 128, 3), 0.6, np.float32)
+    pts = geo.mean.copy()
+    out = fg.draw_lips(img, pts, 1.0, keep=1.0)
+    lips = fg.poly_mask(np.concatenate([pts[fg.UPPER_OUTER], pts[fg.LOWER_OUTER[::-1]]]))
+    inside = lips > 0.99
+    assert inside.sum() > 20
+    assert (out[inside][:, 2] > out[inside][:, 0] + 0.05).mean() > 0.8  # redder than the skin there
+    lo, hi = pts[fg.OUTER_LIPS].min(0), pts[fg.OUTER_LIPS].max(0)
+    far = np.ones((128, 128), bool)
+    far[int(lo[1]) - 8:int(hi[1]) + 9, int(lo[0]) - 8:int(hi[0]) + 9] = False
+    assert np.array_equal(out[far], img[far])
+    grey = fg.draw_lips(img, pts, 1.0, keep=0.0)
+    assert np.abs(grey - grey.mean(2, keepdims=True)).max() < 1e-5
+    # corners lifted in the mesh (a smile): the darkest point of the corner's column moves up with them
+    smile = pts.copy()
+    for c in (61, 291):
+        smile[c, 1] -= 4
+    col = int(round(pts[61, 0] - 1))
+    a = fg.draw_lips(img, pts, 1.0).mean(2)[:, col].argmin()
+    b = fg.draw_lips(img, smile, 1.0).mean(2)[:, col].argmin()
+    assert a - b >= 2
+
+
+def test_identity_shape_leaves_the_mouths_opening_width_and_corners(geo, models):
+    """The identity's own shape moves the mesh, but not the mouth's expression: the inner-lip gaps,
+    the mouth's width and its corners' height keep the face's own."""
+    bank = IdentityBank(assets.model_path("generator_identities"))
+    pts = geo.mean.copy()
+    pts[fg.LOWER_INNER[1:-1], 1] += 5  # an open mouth
+    pts[[61, 291], 1] -= 3             # corners lifted: a smile
+    crop = np.full((fg.SIZE, fg.SIZE, 3), 128, np.uint8)
+    moved = []
+    for i in range(0, len(bank.shapes), 4):
+        p = fg.prepare(geo, crop, pts, bank.textures[i], 1.4, bank.shapes[i], fg.SHAPE_PULL, bank.valid(i))
+        gap = p.pts[fg.LOWER_INNER, 1] - p.pts[fg.UPPER_INNER, 1]
+        assert np.allclose(gap, pts[fg.LOWER_INNER, 1] - pts[fg.UPPER_INNER, 1], atol=1e-4)
+        assert np.allclose(p.pts[291] - p.pts[61], pts[291] - pts[61], atol=1e-4)
+        lift = p.pts[[61, 291], 1].mean() - p.pts[[13, 14], 1].mean()
+        assert abs(lift - (pts[[61, 291], 1].mean() - pts[[13, 14], 1].mean())) < 1e-4
+        moved.append(np.abs(p.pts - pts).max())
+    assert np.median(moved) > 1.0  # while the rest of the face does take the identity's shape

@@ -206,3 +206,7 @@ def test_eval_realism_writes_its_section_and_sheets_only_into_out(tmp_path, cli_
     assert sheet is not None and sheet.shape[0] > 15 * 128  # >= 45 cells, 3 a row
     md = (out / "report.md").read_text()
     assert "## Realism (held-out faces)" in md and "| generative |" in md.split("## Realism")[1]
+    # expression kept, read by the independent landmark net on the same faces
+    assert gen["mouth"]["faces"] == rep["faces"] and 0 <= gen["mouth"]["both"] <= 1
+    assert 0 < gen["mouth"]["original_open"] < rep["faces"] and 0 < gen["mouth"]["original_smile"] < rep["faces"]
+    assert "Expression kept" in md

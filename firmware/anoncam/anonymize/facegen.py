@@ -45,10 +45,21 @@ GAIN_SPREAD = 1.35  # recolouring: a cell's gain stays within this factor of the
 # inner lip contour (MediaPipe FACEMESH_LIPS, inner ring), in order
 INNER_LIPS = np.array([78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178,
                        88, 95])
+# the lip contours, corner to corner (MediaPipe FACEMESH_LIPS): outer and inner, upper and lower
+UPPER_OUTER = np.array([61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291])
+LOWER_OUTER = np.array([61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291])
+UPPER_INNER = np.array([78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308])
+LOWER_INNER = np.array([78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308])
+OUTER_LIPS = np.concatenate([UPPER_OUTER, LOWER_OUTER[1:-1]])
+LIP_TINT = np.float32([0.7, 0.68, 0.92])  # draw_lips: BGR gain of lips over the skin under them
+LIP_ALPHA = 0.9     # ... how much of it is applied
+SLIT_DARK = 0.45    # ... darkening along the line between the lips and at the corners
+CORNER_PAST = 0.02  # ... that line carried past each corner, over the mouth's width
 RING_SCALES = (1.45, 2.2)
 RING_MIRROR = True  # render_sharp: the covered ring outside the face is the surroundings reflected in
 MOUTH_OPEN = 1.5    # crop px: inner lips closer than this are a closed mouth (draw_mouth)
 MOUTH_DARK = 0.3    # the cavity's brightness over the lips'
+TEETH_FROM = 0.08   # draw_mouth: teeth show from this opening over the mouth's width (full at twice)
 ZONE_SOFT = 1.5     # crop px: softness of the face zone's edge before the band-wise blend
 FACE_ZONE = 1.0     # ... outside the identity's own pixels and its face oval scaled by this
 MIRROR_DOWN = (35.0, 65.0)  # degrees from straight down: smooth fill below the first, mirror past the second
@@ -358,7 +369,13 @@ def prepare(geo: Geometry, crop: np.ndarray, pts: np.ndarray, id_tex: np.ndarray
     face_cells = light_grid(crop, skin)
     grid = upsample_grid(face_cells)
     if id_shape is not None and pull:
-        pts = pts + np.float32(pull) * (id_shape.astype(np.float32) - geo.mean)
+        off = np.float32(pull) * (id_shape.astype(np.float32) - geo.mean)
+        # the mouth's opening, width and corners stay the face's own (expression, not identity): the
+        # inner lips and the corners move with the lips as a whole; the outer lip contours (their
+        # thickness) take the identity's shape
+        mouth = np.concatenate([UPPER_INNER, LOWER_INNER, [61, 291]])
+        off[mouth] = off[np.concatenate([OUTER_LIPS, mouth])].mean(0)
+        pts = pts + off
     maps = geo.maps(pts)
     warped, valid = geo.from_canonical(id_tex, pts, id_valid, maps)
     id_cells = light_grid(warped, valid)
@@ -443,25 +460,150 @@ def classic_render(x: np.ndarray) -> np.ndarray:
     return cover * inner + (1 - cover) * ctx
 
 
-def draw_mouth(img: np.ndarray, lips: np.ndarray, s: float) -> np.ndarray:
+def _smooth(x: np.ndarray, a: float, b: float) -> np.ndarray:
+    """0 below a, 1 above b, smooth between."""
+    t = np.clip((x - a) / np.maximum(b - a, 1e-6), 0.0, 1.0)
+    return t * t * (3 - 2 * t)
+
+
+def draw_mouth(img: np.ndarray, lips: np.ndarray, s: float, keep: float = 1.0) -> np.ndarray:
     """An open mouth's interior drawn into the rendering `img` (BGR float 0..1) inside the inner-lip
-    polygon `lips` (img px): a dark cavity in the rendered lips' own hue, a row of upper teeth when
-    the mouth is open wide enough, soft edges. From the geometry and the rendering only."""
+    polygon `lips` (img px): teeth under the upper lip whose edge follows the lip's curve (a smile's
+    teeth curve with it), lower teeth and a tongue when the mouth opens wide, a cavity between them;
+    teeth lit as the skin around the mouth and shaded toward the corners and under the lip, the
+    cavity in the lips' own hue; soft edges. From the geometry and the rendering only (the skin and
+    lips around the mouth as rendered), `keep` its colour (grey faces get a grey mouth)."""
     top, bot = float(lips[:, 1].min()), float(lips[:, 1].max())
     if bot - top < MOUTH_OPEN * s:
         return img
-    mouth = poly_mask(lips, img.shape[0])
+    # work on the mouth's neighbourhood only
+    pad = int(np.ceil(6 * s)) + 4
+    h, w = img.shape[:2]
+    px0, py0 = max(0, int(lips[:, 0].min()) - pad), max(0, int(top) - pad)
+    px1, py1 = min(w, int(lips[:, 0].max()) + pad + 1), min(h, int(bot) + pad + 1)
+    if px1 - px0 < 4 or py1 - py0 < 4:
+        return img
+    out = img.copy()
+    out[py0:py1, px0:px1] = _draw_mouth(np.ascontiguousarray(img[py0:py1, px0:px1]),
+                                        lips - np.float32([px0, py0]), s, keep)
+    return out
+
+
+def _draw_mouth(img: np.ndarray, lips: np.ndarray, s: float, keep: float) -> np.ndarray:
+    top, bot = float(lips[:, 1].min()), float(lips[:, 1].max())
+    h, w = img.shape[:2]
+    mouth = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(mouth, [np.round(lips * 16).astype(np.int32)], 1, lineType=cv2.LINE_AA, shift=4)
+    mouth = mouth.astype(np.float32)
     ring = cv2.dilate(mouth, np.ones((3, 3), np.uint8), iterations=max(1, int(round(2 * s)))) - mouth
     lip = img[ring > 0.5].mean(0) if (ring > 0.5).any() else img[mouth > 0.5].mean(0)
-    ys = np.arange(img.shape[0], dtype=np.float32)[:, None, None]
-    t = np.clip((ys - top) / max(bot - top, 1e-3), 0, 1)  # 0 at the upper lip, 1 at the lower
-    cavity = lip * np.float32(MOUTH_DARK) * (1.0 - 0.4 * t)
-    teeth = np.full(3, float(lip.mean()) * 1.5 + 0.15, np.float32).clip(0, 0.85) * np.float32([0.93, 0.97, 1.0])
-    opening = bot - top
-    w = np.clip((0.4 - t) / 0.12, 0, 1) * np.clip((opening / s - 3.0) / 3.0, 0, 1)
-    inside = w * teeth + (1 - w) * cavity
-    m = cv2.GaussianBlur(mouth, (0, 0), 0.8 * s)[..., None]
-    return (m * inside + (1 - m) * img).astype(np.float32)
+    far = cv2.dilate(mouth, np.ones((3, 3), np.uint8), iterations=max(2, int(round(5 * s)))) - mouth
+    skin = float(np.median(img[far > 0.5].mean(1))) if (far > 0.5).any() else float(lip.mean())
+    x0, x1 = max(0, int(np.floor(lips[:, 0].min())) - 2), min(w, int(np.ceil(lips[:, 0].max())) + 3)
+    y0, y1 = max(0, int(np.floor(top)) - 2), min(h, int(np.ceil(bot)) + 3)
+    m = mouth[y0:y1, x0:x1] > 0.5
+    cols = m.any(0)
+    if not cols.any():
+        return img
+    # per column: where the mouth's opening starts and ends (it follows the lips' curve)
+    rows = np.arange(y1 - y0, dtype=np.float32)[:, None]
+    up = np.where(cols, m.argmax(0), 0).astype(np.float32)
+    dn = np.where(cols, (y1 - y0 - 1) - m[::-1].argmax(0), 0).astype(np.float32)
+    xs = np.flatnonzero(cols)
+    width = float(xs[-1] - xs[0] + 1)
+    u = (np.arange(x1 - x0, dtype=np.float32) - (xs[0] + xs[-1]) / 2) / max(width / 2, 1.0)
+    opening = np.maximum(dn - up, 1.0)
+    gap = float((dn - up + 1)[cols].max())  # the widest opening between the lips (not the curve's height)
+    if gap < MOUTH_OPEN * s:
+        return img
+    wide = gap / max(width, 1.0)  # over the mouth's width
+    # upper teeth: a band under the upper lip, at most a fifth of the mouth's width deep
+    # (none in lips only just parted: a dark gap there, as in a face at rest)
+    teeth_h = np.minimum(0.6 * opening, 0.2 * width) * _smooth(np.float32(wide), TEETH_FROM, 2 * TEETH_FROM)
+    depth = rows - up
+    upper = 1.0 - _smooth(depth, teeth_h - 0.6 * s, teeth_h + 0.6 * s)
+    # lower teeth and tongue only when the mouth is open wide
+    low_h = np.minimum(0.22 * opening, 0.08 * width) * _smooth(np.float32(wide), 0.25, 0.4)
+    lower = _smooth(rows - (dn - low_h), -0.6 * s, 0.6 * s) * (low_h > 0.5 * s)
+    tongue = _smooth((rows - up) / opening, 0.55, 0.85) * _smooth(np.float32(wide), 0.3, 0.5)
+    # teeth: lit as the skin, a little brighter, warm white; darker toward the corners, in the shadow
+    # of the upper lip, and between the teeth (faint gaps, the incisors widest)
+    bright = float(np.clip(skin * 1.15 + 0.1, 0.25, 0.9))
+    shade = (1.0 - 0.55 * u ** 2)[None, :] * (0.7 + 0.3 * _smooth(depth, 0.0, 0.35 * teeth_h + s))
+    gaps = np.float32([0.0, 0.22, -0.22, 0.4, -0.4, 0.56, -0.56])
+    d = np.abs(u[:, None] - gaps[None, :]).min(1) * width / 2
+    shade = shade * (1.0 - 0.15 * np.exp(-(d / (0.7 * s)) ** 2))[None, :]
+    tooth = np.float32([0.9, 0.96, 1.0]) * bright
+    tooth = _desaturate(tooth[None, None, :], keep)[0, 0]
+    cavity = lip * np.float32(MOUTH_DARK) * (1.0 - 0.45 * u ** 2)[None, :, None]
+    tongue_c = lip * np.float32(0.6) * (1.0 - 0.3 * u ** 2)[None, :, None]
+    inside = cavity * (1 - tongue[..., None]) + tongue_c * tongue[..., None]
+    t_up = shade[..., None] * tooth
+    inside = upper[..., None] * t_up + (1 - upper[..., None]) * inside
+    t_lo = np.float32(0.75) * shade[..., None] * tooth
+    inside = lower[..., None] * t_lo + (1 - lower[..., None]) * inside
+    soft = cv2.GaussianBlur(mouth, (0, 0), 0.6 * s)[y0:y1, x0:x1, None]
+    out = img.copy()
+    out[y0:y1, x0:x1] = soft * inside + (1 - soft) * img[y0:y1, x0:x1]
+    return out.astype(np.float32)
+
+
+def draw_lips(img: np.ndarray, pts: np.ndarray, s: float, keep: float = 1.0) -> np.ndarray:
+    """Lips drawn along the mesh's lip contours (`pts`: the 468 points in img px): the rendering under
+    them smoothed, no brighter than the skin around them, darkened and reddened (upper lip in shadow,
+    lower lip lit), the line between closed lips and
+    the mouth's corners marked, so their shape (a smile's lifted corners) reads. From the geometry
+    and the rendering only; `keep` its colour."""
+    h = img.shape[0]
+    lo, hi = pts[OUTER_LIPS].min(0), pts[OUTER_LIPS].max(0)
+    pad = int(np.ceil(0.3 * (hi[0] - lo[0]) + 3 * s))
+    x0, y0 = max(0, int(lo[0]) - pad), max(0, int(lo[1]) - pad)
+    x1, y1 = min(img.shape[1], int(hi[0]) + pad + 1), min(h, int(hi[1]) + pad + 1)
+    if x1 - x0 < 4 or y1 - y0 < 4:
+        return img
+    off = np.float32([x0, y0])
+
+    def mask(poly):
+        m = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        cv2.fillPoly(m, [np.round((poly - off) * 16).astype(np.int32)], 1, lineType=cv2.LINE_AA, shift=4)
+        return m.astype(np.float32)
+    upper = mask(np.concatenate([pts[UPPER_OUTER], pts[UPPER_INNER[::-1]]]))
+    lower = mask(np.concatenate([pts[LOWER_OUTER], pts[LOWER_INNER[::-1]]]))
+    sig = max(0.5, 0.6 * s)
+    upper, lower = cv2.GaussianBlur(upper, (0, 0), sig), cv2.GaussianBlur(lower, (0, 0), sig)
+    # the lower lip lit toward its middle (a soft highlight), the upper lip a little darker
+    c = pts[LOWER_OUTER].mean(0) * 0.5 + pts[LOWER_INNER].mean(0) * 0.5 - off
+    wl = max(float(np.linalg.norm(pts[291] - pts[61])), 1.0)
+    ys, xs = np.mgrid[0:y1 - y0, 0:x1 - x0].astype(np.float32)
+    hl = np.exp(-(((xs - c[0]) / (0.22 * wl)) ** 2 + ((ys - c[1]) / (0.07 * wl + s)) ** 2))
+    tint = _desaturate(LIP_TINT[None, None, :], keep)[0, 0]
+    patch = img[y0:y1, x0:x1]
+    # under the lips: the rendering smoothed and no brighter than the skin around them (the identity's
+    # own mouth, a closed one in its picture, can hold bright specks that would read as teeth)
+    around = (cv2.dilate(upper + lower, np.ones((3, 3), np.uint8), iterations=max(2, int(round(3 * s))))
+              - (upper + lower)) > 0.5
+    skin = np.median(patch[around], 0) if around.any() else patch.reshape(-1, 3).mean(0)
+    base = np.minimum(cv2.GaussianBlur(patch, (0, 0), max(0.7, 0.03 * wl)), skin)
+    lips = base * tint * (1.0 - 0.12 * upper[..., None] + 0.12 * hl[..., None] * lower[..., None])
+    a = np.clip(upper + lower, 0, 1)[..., None] * np.float32(LIP_ALPHA)
+    out = img.copy()
+    patch = a * lips + (1 - a) * patch
+    # the line between the lips and the corners: darker along the mouth's slit, carried a little past
+    # each corner (a smile's corners lift with the mesh)
+    slit = (pts[UPPER_INNER] + pts[LOWER_INNER]) / 2
+    def past(corner, inner):  # a point just past a corner, away from the inner lips' corner
+        d = pts[corner] - pts[inner]
+        return pts[corner] + CORNER_PAST * wl * d / max(float(np.linalg.norm(d)), 1e-3)
+    ext, ext2 = [past(61, 78)], [past(291, 308)]
+    line = np.concatenate([ext, pts[[61]], slit, pts[[291]], ext2]) - off
+    lm = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    cv2.polylines(lm, [np.round(line * 16).astype(np.int32)], False, 255, max(1, int(round(0.8 * s))),
+                  lineType=cv2.LINE_AA, shift=4)
+    lm = cv2.GaussianBlur(lm.astype(np.float32) / 255.0, (0, 0), max(0.5, 0.5 * s))
+    lm = lm / max(float(lm.max()), 1e-6)
+    patch = patch * (1.0 - SLIT_DARK * lm[..., None])
+    out[y0:y1, x0:x1] = patch
+    return out.astype(np.float32)
 
 
 def _magnify(img: np.ndarray, s: float, size: int, interp: int = cv2.INTER_LINEAR) -> np.ndarray:
@@ -496,7 +638,9 @@ def render_sharp(geo: Geometry, p: Prepared, ctx: np.ndarray, pts: np.ndarray, m
     gain = _magnify(p.gain, s, size)
     face = _desaturate(np.clip(warped.astype(np.float32) / 255.0 * gain, 0.0, 1.0), p.keep)
     soft = np.minimum(cv2.GaussianBlur(v, (0, 0), 2.5 * s), v)[..., None]
-    inner = draw_mouth(soft * face + (1 - soft) * fill, p.pts[INNER_LIPS] * np.float32(s), s)
+    mesh = p.pts * np.float32(s)
+    inner = draw_lips(soft * face + (1 - soft) * fill, mesh, s, p.keep)
+    inner = draw_mouth(inner, mesh[INNER_LIPS], s, p.keep)
     poly = oval_polygon(pts * np.float32(s), mask_scale)
     cover = poly_mask(poly, size)[..., None]
     bg = ctx.astype(np.float32) / 255.0
