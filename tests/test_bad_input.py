@@ -76,6 +76,19 @@ def test_broken_model_stops_startup_with_path_and_sha(tmp_path, models, media, c
     assert p.returncode == 1 and a.sha256 in p.stderr
 
 
+def test_broken_consent_model_stops_a_consent_run(tmp_path, models, media, cli_env):
+    """FaceRes (consent's video check) is sha256-checked when a run with consent starts."""
+    cache = _cache_with(tmp_path, models, "faceres", "corrupt")
+    a = assets.load_manifest("models")["faceres"]
+    env = dict(cli_env, ANONCAM_CACHE=str(cache))
+    out = tmp_path / "out"
+    p = run(["run", "--source", str(media["cap13"]), "--output", str(out), "--max-frames", "5",
+             "--gallery", str(tmp_path / "consent.json")], env)
+    assert p.returncode == 3
+    assert str(cache / "blobs" / a.sha256 / a.filename) in p.stderr and a.sha256 in p.stderr
+    assert not out.exists() or not any(out.rglob("*.*"))
+
+
 def test_unreadable_video_is_an_error_and_leaves_no_file(tmp_path, cli_env):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)

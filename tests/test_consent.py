@@ -10,6 +10,7 @@ import subprocess
 import cv2
 import numpy as np
 import pytest
+from anoncam.consent.embed import aligned_crop
 from anoncam.consent.enroll import EnrollError, enroll
 from anoncam.consent.gallery import Gallery, GalleryError
 from anoncam.eval.datasets import load_orl, orl_images
@@ -70,9 +71,10 @@ def test_gallery_keeps_embeddings_only_mode_0600(gallery_file):
     assert os.stat(gallery_file).st_mode & 0o777 == 0o600
     data = json.loads(gallery_file.read_text())
     assert data["model"]["name"] == "sface" and len(data["model"]["sha256"]) == 64
+    assert data["model"]["video"]["name"] == "faceres" and len(data["model"]["video"]["sha256"]) == 64
     p = data["people"][NAME]
-    assert set(p) == {"consented", "embeddings"} and len(p["embeddings"]) == 6
-    assert all(len(e) == 128 for e in p["embeddings"])
+    assert set(p) == {"consented", "embeddings", "video"} and len(p["embeddings"]) == len(p["video"]) == 6
+    assert all(len(e) == 128 for e in p["embeddings"]) and all(len(e) == 1024 for e in p["video"])
 
 
 def test_bad_gallery_files_are_refused(gallery_file, tmp_path):
@@ -86,6 +88,13 @@ def test_bad_gallery_files_are_refused(gallery_file, tmp_path):
     data["model"]["sha256"] = "0" * 64
     bad.write_text(json.dumps(data))
     with pytest.raises(GalleryError, match="another embedding model"):
+        Gallery.load(bad)
+    data = json.loads(gallery_file.read_text())  # SFace only, as galleries were before FaceRes
+    del data["model"]["video"]
+    for p in data["people"].values():
+        del p["video"]
+    bad.write_text(json.dumps(data))
+    with pytest.raises(GalleryError, match="another embedding model .*no video model.*enroll the people again"):
         Gallery.load(bad)
     bad.write_text(gallery_file.read_text()[:500])
     with pytest.raises(GalleryError, match="corrupt"):
@@ -274,12 +283,12 @@ def camera_and_replay(pipe, frames):
         fs = pipe._faces(img, i, None, False, {}, pipe.detect(img, i))
         for f in fs:
             ok = f.detected and f.landmarks is not None
-            e = pol.embedder.embed(img, f.landmarks) if ok else np.zeros(128, np.float32)
+            e = pol.embedder.embed_video(aligned_crop(img, f.landmarks)) if ok else np.zeros(1024, np.float32)
             rows.append([i, f.track_id, float(ok), float(max(f.box[2:] - f.box[:2])), *e])
             boxes.append(f.box.copy())
         pol.decide(img, fs, {})
         camera += [f.method is None for f in fs]
-    gal = {n: p.embeddings for n, p in pol.gallery.people.items()}
+    gal = {n: p.video for n, p in pol.gallery.people.items()}
     cc = pol.cc
     shown = replay(np.array(rows, np.float32), gal, cc.k, cc.threshold, cc.margin, cc.recheck_every, 0,
                    np.array(boxes, np.float32), cc.max_move, pol.near)

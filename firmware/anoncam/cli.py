@@ -233,7 +233,7 @@ def cmd_enroll(args) -> int:
         pipe = Pipeline.from_config(override(cfg, **{"consent.enabled": False}))
         with locked(path):
             g = open_gallery(cfg, missing_ok=True)
-            n = enroll(pipe, g, args.name, [Path(p) for p in args.inputs], cfg.consent.threshold)
+            n = enroll(pipe, g, args.name, [Path(p) for p in args.inputs])  # duplicates: SFace, enroll.DUPLICATE
     except (EnrollError, GalleryError) as e:
         print(f"anoncam enroll: {e}", file=sys.stderr)
         return 2

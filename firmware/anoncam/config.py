@@ -257,10 +257,11 @@ class ConsentConfig(Strict):
         "The consent gallery (embeddings and consent dates, mode 0600); null: "
         "<output.dir>/<camera>/consent.json."))
     k: int = Field(3, ge=1, le=100, description="Video: consecutive matching detected frames before a track is shown.")
-    threshold: float = Field(0.44, gt=0, lt=1, description="Video: SFace cosine a match needs.")
-    margin: float = Field(0.05, ge=0, lt=1, description="Video: cosine margin over the next enrolled person.")
-    still_threshold: float = Field(0.5, gt=0, lt=1, description="Stills (one match): cosine a match needs.")
-    still_margin: float = Field(0.1, ge=0, lt=1, description="Stills: margin over the next enrolled person.")
+    threshold: float = Field(0.7, gt=0, lt=1, description=(
+        "Video: FaceRes cosine a match needs (FaceRes scores unlike faces ~0.4, not ~0.1 as SFace)."))
+    margin: float = Field(0.05, ge=0, lt=1, description="Video: FaceRes cosine margin over the next enrolled person.")
+    still_threshold: float = Field(0.5, gt=0, lt=1, description="Stills (one match): SFace cosine a match needs.")
+    still_margin: float = Field(0.1, ge=0, lt=1, description="Stills: SFace margin over the next enrolled person.")
     recheck_every: int = Field(20, ge=1, le=100, description=(
         "An exempt track is matched again every this many detected frames (1: every one); the size "
         "and position checks run on every frame. A recheck not in after twice this covers the face."))

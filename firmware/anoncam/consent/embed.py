@@ -1,5 +1,6 @@
-"""SFace embedding of one face, aligned on its FaceMesh points as attributes.Likeness aligns; the
-crop exists in memory only."""
+"""Embeddings of one face on its 112x112 crop aligned on FaceMesh points (as attributes.Likeness
+aligns): SFace for stills and enrollment checks, FaceRes (faceres.py, about a fifth of the cost) for
+video tracks. The crop exists in memory only."""
 from __future__ import annotations
 
 import cv2
@@ -22,9 +23,16 @@ def sharpness(crop: np.ndarray) -> float:
 
 class Embedder:
     def __init__(self, threads: int = 1):
+        from .faceres import FaceRes
         self.net = Likeness(threads).net
+        self.faceres = FaceRes(threads)
+
+    def embed_video(self, crop: np.ndarray) -> np.ndarray:
+        """FaceRes (1024-d, unit length): the check of a video track."""
+        return self.faceres.embed_crop(crop)
 
     def embed_crop(self, crop: np.ndarray) -> np.ndarray:
+        """SFace (128-d, unit length): stills, enrollment."""
         x = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB).astype(np.float32).transpose(2, 0, 1)[None]
         f = self.net.run(np.ascontiguousarray(x))[0].reshape(-1)
         return f / (np.linalg.norm(f) + 1e-12)

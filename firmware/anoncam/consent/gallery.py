@@ -1,7 +1,9 @@
-"""The consent gallery: per enrolled person, SFace embeddings and the date of consent, never photos.
+"""The consent gallery: per enrolled person, per enrolled face an SFace embedding (stills, duplicate
+checks) and a FaceRes one (video tracks), and the date of consent, never photos.
 
-One JSON file, mode 0600, written atomically. Its header names the embedding model (manifest name and
-sha256): a gallery from another model is refused, as is a corrupt or group/world-readable file.
+One JSON file, mode 0600, written atomically. Its header names the embedding models (manifest names
+and sha256, FaceRes's input size): a gallery from other models is refused (enroll again), as is a
+corrupt or group/world-readable file.
 
 Optionally encrypted: with `consent.key_credential` (a systemd credential) or `consent.key_file`
 holding an age X25519 identity (AGE-SECRET-KEY-1..., `anoncam consent keygen`), the file is age
@@ -28,7 +30,8 @@ from ..secrets import SecretError, read_secret
 
 FORMAT = "anoncam-consent-gallery"
 VERSION = 1
-DIM = 128
+DIM = 128         # SFace
+VIDEO_DIM = 1024  # FaceRes
 FILE_NAME = "consent.json"
 AGE_MAGIC = b"age-encryption.org/"
 MAX_BYTES = 64 << 20
@@ -39,8 +42,11 @@ class GalleryError(RuntimeError):
 
 
 def model_id() -> dict:
-    a = assets.load_manifest("models")["sface"]
-    return {"name": "sface", "sha256": a.sha256}
+    from .faceres import SIZE
+    m = assets.load_manifest("models")
+    return {"name": "sface", "sha256": m["sface"].sha256,
+            "video": {"name": "faceres", "sha256": m["faceres"].sha256, "graph_sha256": m["faceres_graph"].sha256,
+                      "size": SIZE}}
 
 
 def default_path(cfg) -> Path:
@@ -83,10 +89,18 @@ def locked(path: Path):
         os.close(fd)
 
 
+def _unit(rows, dim: int) -> np.ndarray:
+    e = np.asarray(rows, np.float32)
+    if e.ndim != 2 or e.shape[1] != dim or len(e) == 0 or not np.all(np.isfinite(e)):
+        raise ValueError("bad embeddings")
+    return e / (np.linalg.norm(e, axis=1, keepdims=True) + 1e-12)
+
+
 @dataclass
 class Person:
-    embeddings: np.ndarray  # n x 128, unit length
+    embeddings: np.ndarray  # n x 128 SFace, unit length: stills, duplicate checks
     consented: str          # ISO date
+    video: np.ndarray       # n x 1024 FaceRes of the same faces, unit length: video tracks
 
 
 @dataclass
@@ -134,15 +148,15 @@ class Gallery:
             raise GalleryError(f"{path}: not an anoncam consent gallery (version {VERSION})")
         if data.get("model") != model_id():
             raise GalleryError(f"{path}: made with another embedding model ({_model_name(data)}); this "
-                               f"camera uses sface {model_id()['sha256'][:12]}: enroll the people again")
+                               f"camera uses sface {model_id()['sha256'][:12]} + faceres "
+                               f"{model_id()['video']['sha256'][:12]}: enroll the people again")
         g = cls(path, key=key)
         try:
             for name, p in data["people"].items():
-                e = np.asarray(p["embeddings"], np.float32)
-                if e.ndim != 2 or e.shape[1] != DIM or len(e) == 0 or not np.all(np.isfinite(e)):
-                    raise ValueError("bad embeddings")
-                e /= np.linalg.norm(e, axis=1, keepdims=True) + 1e-12
-                g.people[str(name)] = Person(e, str(p["consented"]))
+                e, v = _unit(p["embeddings"], DIM), _unit(p["video"], VIDEO_DIM)
+                if len(v) != len(e):
+                    raise ValueError("one video embedding per embedding")
+                g.people[str(name)] = Person(e, str(p["consented"]), v)
         except (KeyError, TypeError, ValueError, AttributeError):
             raise GalleryError(f"{path}: corrupt consent gallery (bad person entry)") from None
         return g
@@ -150,7 +164,8 @@ class Gallery:
     def save(self) -> None:
         data = {"format": FORMAT, "version": VERSION, "model": model_id(),
                 "people": {n: {"consented": p.consented,
-                               "embeddings": [[round(float(x), 6) for x in row] for row in p.embeddings]}
+                               "embeddings": [[round(float(x), 6) for x in row] for row in p.embeddings],
+                               "video": [[round(float(x), 5) for x in row] for row in p.video]}
                            for n, p in sorted(self.people.items())}}
         blob = json.dumps(data).encode()
         if self.key is not None:
@@ -174,16 +189,20 @@ class Gallery:
         self.save()
         return True
 
-    def add(self, name: str, embeddings: np.ndarray) -> None:
-        self.people[name] = Person(np.asarray(embeddings, np.float32), datetime.date.today().isoformat())
+    def add(self, name: str, embeddings: np.ndarray, video: np.ndarray) -> None:
+        """`embeddings`: SFace (n x 128); `video`: FaceRes of the same n faces (n x 1024)."""
+        self.people[name] = Person(np.asarray(embeddings, np.float32), datetime.date.today().isoformat(),
+                                   np.asarray(video, np.float32))
 
-    def scores(self, emb: np.ndarray) -> list[tuple[float, str]]:
-        """Per person, the best cosine of `emb` to their embeddings, highest first."""
-        return sorted(((float(np.max(p.embeddings @ emb)), n) for n, p in self.people.items()), reverse=True)
+    def scores(self, emb: np.ndarray, video: bool = False) -> list[tuple[float, str]]:
+        """Per person, the best cosine of `emb` (SFace, or FaceRes with `video`) to their
+        embeddings, highest first."""
+        return sorted(((float(np.max((p.video if video else p.embeddings) @ emb)), n)
+                       for n, p in self.people.items()), reverse=True)
 
-    def match(self, emb: np.ndarray) -> tuple[str | None, float, float]:
+    def match(self, emb: np.ndarray, video: bool = False) -> tuple[str | None, float, float]:
         """(best person, cosine, margin over the next person or over 0 when alone)."""
-        s = self.scores(emb)
+        s = self.scores(emb, video)
         if not s:
             return None, 0.0, 0.0
         nxt = max(s[1][0], 0.0) if len(s) > 1 else 0.0
@@ -193,7 +212,9 @@ class Gallery:
 def _model_name(data: dict) -> str:
     m = data.get("model")
     if isinstance(m, dict):
-        return f"{m.get('name')} {str(m.get('sha256'))[:12]}"
+        v = m.get("video")
+        video = f"{v.get('name')} {str(v.get('sha256'))[:12]}" if isinstance(v, dict) else "no video model"
+        return f"{m.get('name')} {str(m.get('sha256'))[:12]} + {video}"
     return "none named"
 
 

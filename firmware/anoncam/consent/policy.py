@@ -2,6 +2,8 @@
 person; anything else (coasting, lost, a size or position jump, a failed match, a gallery that cannot
 be read) anonymizes it. Embeddings and crops live in memory only; only the name is kept per track.
 
+A video track is checked with FaceRes embeddings (Embedder.embed_video), a still with SFace.
+
 With `consent.worker` (default) the embedding runs in a worker thread beside the frame loop: the loop
 cuts the 112x112 aligned crop and hands it over (one job per track at a time) and the face stays
 anonymized until K results have come back matching; the continuity checks run on every frame in the
@@ -72,7 +74,7 @@ class EmbedWorker:
         while True:
             tid, gen, crop = self._jobs.get()
             try:
-                e = self.embedder.embed_crop(crop)
+                e = self.embedder.embed_video(crop)
             except Exception as ex:  # a failed embedding is a failed match
                 log.error("consent: embedding failed: %s", type(ex).__name__)
                 e = None
@@ -166,8 +168,10 @@ class ConsentPolicy:
         elif st.pending:
             return False
         crop = aligned_crop(frame, f.landmarks)
-        if self.worker is None or f.still:
-            self._apply(f.track_id, st, self.embedder.embed_crop(crop), f.still)
+        if f.still:
+            self._apply(f.track_id, st, self.embedder.embed_crop(crop), True)
+        elif self.worker is None:
+            self._apply(f.track_id, st, self.embedder.embed_video(crop), False)
         else:
             st.pending = True
             self.worker.submit(f.track_id, st.gen, crop)
@@ -177,7 +181,7 @@ class ConsentPolicy:
         """One completed check of a track: it extends the run of matches to one person, or ends it."""
         cc = self.cc
         k, t, m = (1, cc.still_threshold, cc.still_margin) if still else (cc.k, cc.threshold, cc.margin)
-        name, cos, margin = self.gallery.match(e) if e is not None else (None, 0.0, 0.0)
+        name, cos, margin = self.gallery.match(e, video=not still) if e is not None else (None, 0.0, 0.0)
         if name is None or cos < t or margin < m:
             st.clear()
             return

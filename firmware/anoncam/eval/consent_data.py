@@ -1,15 +1,16 @@
 """Embeddings of the evaluation faces for the consent section (`anoncam eval --consent`), computed
 once and cached: ORL's 400 photos and the group photos as stills, and every frame of franck, cap12
 and cap13 through the pipeline's detect -> track -> landmarks (per face: frame, track id, detected,
-box size, embedding; the boxes apart). Public dataset faces only; the camera itself never stores an
-embedding."""
+box size, embedding; the boxes apart). Each embedding is the camera's two side by side: SFace (128,
+stills) then FaceRes (1024, video tracks); `dims` says where they split. Public dataset faces only;
+the camera itself never stores an embedding."""
 from __future__ import annotations
 
 import numpy as np
 
 from .. import assets
 from ..config import validate
-from ..consent.embed import Embedder
+from ..consent.embed import Embedder, aligned_crop
 from ..pipeline import Pipeline
 from .datasets import group_photo, load_orl, orl_images, video_frames
 
@@ -20,6 +21,20 @@ GROUPS = tuple(f"group{i}" for i in range(1, 7))
 SUBSET = {"orl_people": 10, "groups": GROUPS[:1],
           "clips": {"franck": [(0, 72), (3600, 3672)], "cap12": [(0, 72)], "cap13": [(0, 72)]}}
 FULL = {"orl_people": 40, "groups": GROUPS, "clips": dict.fromkeys(CLIPS)}
+
+
+class Both:
+    """SFace then FaceRes of one face, side by side (what the camera computes for stills and video)."""
+    dims = (128, 1024)
+
+    def __init__(self):
+        self.emb = Embedder(1)
+
+    def embed_crop(self, crop: np.ndarray) -> np.ndarray:
+        return np.concatenate([self.emb.embed_crop(crop), self.emb.embed_video(crop)])
+
+    def embed(self, img: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        return self.embed_crop(aligned_crop(img, landmarks))
 
 
 def _pipe() -> Pipeline:
@@ -55,15 +70,16 @@ def clip_faces(pipe, emb, name: str, ranges=None, dim: int = 128) -> tuple[np.nd
 
 def load(progress=print, subset: bool = False, embedder=None, name: str = "") -> dict:
     """The embeddings (cached); `subset`: the small SUBSET instead of every face (tests);
-    `embedder` (with `name`, the cache's): another recognizer than SFace (bench/consent_recognizers.py)."""
+    `embedder` (with `name`, the cache's): other recognizers (bench/consent_recognizers.py); its
+    `dims` (one recognizer: the embedding's length) split the embedding into the still and video parts."""
     what = SUBSET if subset else FULL
     tag = ("-subset" if subset else "") + (f"-{name}" if name else "")
-    path = assets.cache_dir() / "eval-consent" / f"embeddings-v2{tag}.npz"
+    path = assets.cache_dir() / "eval-consent" / f"embeddings-v3{tag}.npz"
     if path.is_file():
         return dict(np.load(path, allow_pickle=False))
-    pipe, emb = _pipe(), embedder or Embedder(1)
+    pipe, emb = _pipe(), embedder or Both()
     dim = len(emb.embed_crop(np.zeros((112, 112, 3), np.uint8)))
-    out = {}
+    out = {"dims": np.array(getattr(emb, "dims", (dim,)), np.int64)}
     orl = np.zeros((what["orl_people"], 10, dim), np.float32)
     orl_ok = np.zeros((what["orl_people"], 10), bool)
     for im in orl_images(what["orl_people"]):
