@@ -19,7 +19,7 @@ from conftest import ANONCAM, make_config
 from helpers import blind, read_frames
 
 NAME = "Franck Testperson"
-K = 3
+K = 2  # the default
 
 
 @pytest.fixture(scope="module")

@@ -256,8 +256,8 @@ class ConsentConfig(Strict):
     gallery: Path | None = Field(None, description=(
         "The consent gallery (embeddings and consent dates, mode 0600); null: "
         "<output.dir>/<camera>/consent.json."))
-    k: int = Field(3, ge=1, le=100, description="Video: consecutive matching detected frames before a track is shown.")
-    threshold: float = Field(0.7, gt=0, lt=1, description=(
+    k: int = Field(2, ge=1, le=100, description="Video: consecutive matching detected frames before a track is shown.")
+    threshold: float = Field(0.73, gt=0, lt=1, description=(
         "Video: FaceRes cosine a match needs (FaceRes scores unlike faces ~0.4, not ~0.1 as SFace)."))
     margin: float = Field(0.05, ge=0, lt=1, description="Video: FaceRes cosine margin over the next enrolled person.")
     still_threshold: float = Field(0.5, gt=0, lt=1, description="Stills (one match): SFace cosine a match needs.")

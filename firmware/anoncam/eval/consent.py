@@ -210,10 +210,12 @@ def run(cc=None, lag: int = 2, subset: bool = False, data: dict | None = None) -
            "tuning": {"orl_impostor_trials": int(tune.size), "max_cos": float(tune.max()),
                       "q999_cos": float(np.quantile(tune, 0.999)),
                       # the rule the defaults came from: headroom over the worst (stills) / the 99.9 %
-                      # (video: K checks) tuning impostor, each on its recognizer
+                      # (video, K >= 3 checks) tuning impostor, each on its recognizer
                       "suggested_still_threshold": round(float(tune.max()) + 0.05, 2),
                       "video_max_cos": float(tune_v.max()), "video_q999_cos": float(np.quantile(tune_v, 0.999)),
-                      "suggested_threshold": round(float(np.quantile(tune_v, 0.999)) + 0.05, 2)}}
+                      "suggested_threshold": round(float(np.quantile(tune_v, 0.999)) + 0.05, 2),
+                      # with K <= 2 (fewer checks per track), the stills' stricter rule on the video recognizer
+                      "suggested_threshold_k2": round(float(tune_v.max()) + 0.05, 2)}}
     orl_vs_clips = np.array([scores(g, orl[q, s])[0] for g in (gal_fs, gal_cs) for q in range(n_orl)
                              for s in range(10) if ok[q, s]])
 
