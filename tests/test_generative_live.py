@@ -2,6 +2,8 @@
 the face is blurred (never raw) until the choice is back, then drawn exactly as a file's in-line
 choice draws it. Files keep choosing in line (identity-key determinism: test_owner_keys)."""
 import logging
+import queue
+import threading
 from itertools import islice
 
 import cv2
@@ -77,7 +79,7 @@ def test_many_new_tracks_at_once(franck):
 def test_failing_choice_fails_closed(models, media, caplog):
     """A worker whose choice raises: logged by type only, the track stays blurred, the next works."""
     frame = next(iter_frames(media["franck"]))
-    pipe = Pipeline.from_config(make_config(anonymize={"method": "generative"}))
+    pipe = Pipeline.from_config(make_config(anonymize={"method": "blur"}))  # for the landmarks
     res = pipe.process(frame.copy(), 0, live=False)
     lm, box = res.faces[0].landmarks, res.faces[0].box
     g = gen.Generative()
@@ -109,3 +111,25 @@ def test_failing_choice_fails_closed(models, media, caplog):
     face = Face(track_id=2, box=box, detected=True, landmarks=lm)
     assert np.array_equal(drawn, g(frame.copy(), poly_px, face=face, frame=frame, roi_box=(0, 0, w, h),
                                    key=b"f" * 32, live=False))
+    g.stop()
+
+
+def test_lost_track_choice_dropped_unmade(models, media):
+    """A track not drawn in the last STALE live draws (lost) before the worker reaches its choice
+    has it dropped unmade, while one still in view is chosen; drawn again, the lost one is asked
+    for again."""
+    frame = next(iter_frames(media["franck"]))
+    pipe = Pipeline.from_config(make_config(anonymize={"method": "blur"}))  # for the landmarks
+    lm = pipe.process(frame.copy(), 0, live=False).faces[0].landmarks
+    g, key = gen.Generative(), b"lost" * 8
+    g.prepare()
+    g._jobs = queue.Queue(gen.QUEUE)  # the worker starts only below: the choices wait in its queue
+    assert g.chosen(key, 1, frame, lm, 1.4) is None  # track 1 appears, then is lost
+    for _ in range(gen.STALE + 1):  # track 2 stays in view, waiting
+        assert g.chosen(key, 2, frame, lm, 1.4) is None
+    g._thread = threading.Thread(target=g._run, args=(g._jobs,), daemon=True)
+    g._thread.start()
+    g.drain()
+    assert g.chosen(key, 2, frame, lm, 1.4) is not None and g.failures == 0
+    assert g.chosen(key, 1, frame, lm, 1.4) is None  # asked again
+    g.stop()  # the waiting choice is dropped, the worker ends

@@ -22,6 +22,7 @@ choosing in the worker is logged (its type only) and that track stays blurred.
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import hmac
 import logging
@@ -145,6 +146,7 @@ class Generative:
         self._draws = 0  # live draws of faces with landmarks so far
         self._failed: OrderedDict[bytes, None] = OrderedDict()  # tracks whose choice failed: blurred
         self._jobs: queue.Queue | None = None  # the worker's, made with it on the first live choice
+        self._thread: threading.Thread | None = None
         self.failures = 0  # choices the worker could not make
 
     def prepare(self, use_net: bool = False, precision: str = "int8", threads: int = 1) -> None:
@@ -223,14 +225,38 @@ class Generative:
         with self._lock:
             if self._jobs is None:
                 self._jobs = queue.Queue(QUEUE)
-                threading.Thread(target=self._run, args=(self._jobs,), name="generative-choose",
-                                 daemon=True).start()
+                self._thread = threading.Thread(target=self._run, args=(self._jobs,), name="generative-choose",
+                                                daemon=True)
+                self._thread.start()
+                atexit.register(self.stop)
             return self._jobs
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """End the worker: the waiting choices are dropped, a running one finishes (at exit, a
+        choice still running in onnxruntime while the process tears down aborts it)."""
+        with self._lock:
+            jobs, thread, self._jobs, self._thread = self._jobs, self._thread, None, None
+        if jobs is None:
+            return
+        while True:
+            try:
+                jobs.get_nowait()
+                jobs.task_done()
+            except queue.Empty:
+                break
+        jobs.put(None)
+        thread.join(timeout)
+        with self._state:
+            self._pending.clear()
 
     def _run(self, jobs: queue.Queue) -> None:
         """The worker: choose, in order, for tracks still being drawn."""
         while True:
-            tag, region, local, mask_scale = jobs.get()
+            job = jobs.get()
+            if job is None:
+                jobs.task_done()
+                return
+            tag, region, local, mask_scale = job
             try:
                 with self._state:
                     asked = self._pending.get(tag)
