@@ -17,6 +17,7 @@ long side of another face's box, in this frame or the last, starts over (no chec
 needs K fresh matches once apart."""
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import queue
@@ -56,7 +57,21 @@ class EmbedWorker:
         self._jobs: queue.Queue = queue.Queue()
         self._done: list[tuple[int, int, np.ndarray | None]] = []
         self._lock = threading.Lock()
-        threading.Thread(target=self._run, name="consent-embed", daemon=True).start()
+        self._thread = threading.Thread(target=self._run, name="consent-embed", daemon=True)
+        self._thread.start()
+        atexit.register(self.stop)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """End the thread at exit: waiting crops are dropped (memory only), a running embedding
+        finishes (one still inside onnxruntime while the interpreter tears down aborts the process)."""
+        while True:
+            try:
+                self._jobs.get_nowait()
+                self._jobs.task_done()
+            except queue.Empty:
+                break
+        self._jobs.put(None)
+        self._thread.join(timeout)
 
     def submit(self, track_id: int, gen: int, crop: np.ndarray) -> None:
         self._jobs.put((track_id, gen, crop))
@@ -72,7 +87,11 @@ class EmbedWorker:
 
     def _run(self) -> None:
         while True:
-            tid, gen, crop = self._jobs.get()
+            job = self._jobs.get()
+            if job is None:
+                self._jobs.task_done()
+                return
+            tid, gen, crop = job
             try:
                 e = self.embedder.embed_video(crop)
             except Exception as ex:  # a failed embedding is a failed match
