@@ -268,3 +268,61 @@ def test_identity_shape_leaves_the_mouths_opening_width_and_corners(geo, models)
         assert abs(lift - (pts[[61, 291], 1].mean() - pts[[13, 14], 1].mean())) < 1e-4
         moved.append(np.abs(p.pts - pts).max())
     assert np.median(moved) > 1.0  # while the rest of the face does take the identity's shape
+
+
+def test_skin_mask_leaves_out_eyes_brows_and_lips(geo):
+    """Known answer on the bank's mean shape: cheeks and forehead are skin; the eye centres, a brow
+    and the lips' middle are not; nothing outside the face oval is."""
+    m = fg.skin_mask(geo.mean)
+    at = lambda i: m[int(round(geo.mean[i, 1])), int(round(geo.mean[i, 0]))]
+    assert at(50) == 1 and at(280) == 1 and at(151) == 1   # cheeks, forehead
+    assert at(468 - 1) in (0, 1)  # (an iris point of a 478-point mesh would be past 468: not used)
+    for i in (159, 386, 105, 13, 14, 0, 17):  # eyelids, a brow, lips
+        assert at(i) == 0, i
+    assert m[fg.poly_mask(fg.oval_polygon(geo.mean, 1.0)) == 0].max() == 0
+
+
+def test_fill_identity_keeps_its_skin_and_fills_its_holes_from_it():
+    """A two-tone texture with a hole in each half: the known pixels come back unchanged, and each
+    hole is filled with its own half's colour (not a flat colour from elsewhere), at the texture's
+    own scale (valid given at 128 px, texture at 256)."""
+    tex = np.zeros((256, 256, 3), np.uint8)
+    tex[:, :128] = (60, 90, 150)
+    tex[:, 128:] = (90, 120, 180)
+    valid = np.ones((128, 128), np.float32)
+    valid[50:70, 20:40] = 0
+    valid[50:70, 90:110] = 0
+    out = fg.fill_identity(tex, valid)
+    known = np.ones((256, 256), bool)
+    known[96:144, 36:84] = known[96:144, 176:224] = False
+    assert np.array_equal(out[known], tex[known])
+    assert np.abs(out[110:130, 50:70].astype(int) - (60, 90, 150)).max() <= 2
+    assert np.abs(out[110:130, 190:210].astype(int) - (90, 120, 180)).max() <= 2
+
+
+@pytest.mark.parametrize("dim", [1.0, 0.45])
+def test_identity_skin_takes_the_face_skin_colour(models, media, dim):
+    """The recoloured identity's skin (prepare, over its skin mask) has the original skin's mean
+    colour within 4 Lab units, for a fair and for a darkened (dark-skinned) copy of a face: dark
+    skin stays dark."""
+    import cv2
+    from anoncam.eval.metrics import Instruments
+
+    img = cv2.imread(str(media["astronaut"]))
+    img = np.clip(img.astype(np.float32) * dim, 0, 255).astype(np.uint8)
+    inst = Instruments()
+    lm = inst.landmarks(img, inst.main_face(img))
+    bank = IdentityBank(assets.model_path("generator_identities"))
+    crop, pts, _ = bank.geo.crop(img, lm)
+    face = fg.skin_mask(pts) > 0.5
+    lum = crop.astype(np.float32).mean(2)
+    face &= lum >= fg.DARK_EDGE * np.median(lum[face])
+    lab = lambda px: cv2.cvtColor(px.reshape(-1, 1, 3).astype(np.float32) / 255, cv2.COLOR_BGR2Lab).reshape(-1, 3)
+    want = lab(crop[face]).mean(0)
+    for idx in range(0, len(bank.textures), 20):
+        p = fg.prepare(bank.geo, crop, pts, bank.filled(idx), 1.4, bank.shapes[idx], fg.SHAPE_PULL,
+                       bank.geo.id_valid)
+        tex = p.x[0, :3].transpose(1, 2, 0)
+        skin = (fg.skin_mask(p.pts) > 0.5) & (p.x[0, 3] > 0.99)
+        got = lab(tex[skin] * 255).mean(0)
+        assert np.linalg.norm(got - want) < 4.0, (idx, got, want)

@@ -63,6 +63,16 @@ TEETH_FROM = 0.08   # draw_mouth: teeth show from this opening over the mouth's 
 ZONE_SOFT = 1.5     # crop px: softness of the face zone's edge before the band-wise blend
 FACE_ZONE = 1.0     # ... outside the identity's own pixels and its face oval scaled by this
 MIRROR_DOWN = (35.0, 65.0)  # degrees from straight down: smooth fill below the first, mirror past the second
+# skin (skin_mask): the face oval scaled by SKIN_OVAL minus each eye with its brow and the lips
+# (FaceMesh indices; their hulls grown by FEATURE_GROW about their centroids). The recolouring is
+# measured there only, on the original and on the identity alike: skin to skin, no hair, eyes,
+# brows, lips or backdrop in the statistics
+SKIN_OVAL = 0.95
+FEATURE_GROW = 1.2
+EYE_BROWS = (np.array([70, 63, 105, 66, 107, 55, 65, 52, 53, 46, 33, 7, 163, 144, 145, 153, 154, 155,
+                       133, 173, 157, 158, 159, 160, 161, 246]),
+             np.array([300, 293, 334, 296, 336, 285, 295, 282, 283, 276, 263, 249, 390, 373, 374, 380,
+                       381, 382, 362, 398, 384, 385, 386, 387, 388, 466]))
 
 
 def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -255,6 +265,26 @@ def poly_mask(poly: np.ndarray, size: int = SIZE) -> np.ndarray:
     return m.astype(np.float32)
 
 
+def skin_mask(pts: np.ndarray, size: int = SIZE) -> np.ndarray:
+    """The face's skin (1) from its 468 landmarks (crop px): the face oval x SKIN_OVAL less the eyes
+    with their brows and the lips."""
+    m = poly_mask(oval_polygon(pts, SKIN_OVAL), size)
+    for idx in (*EYE_BROWS, OUTER_LIPS):
+        hull = cv2.convexHull(pts[idx].astype(np.float32)).reshape(-1, 2)
+        m *= 1.0 - poly_mask(grown(hull, FEATURE_GROW), size)
+    return m
+
+
+def _off_skin(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Pixels of `img` inside `mask` much darker than its median there (DARK_EDGE x): hair, a
+    beard, glasses, shadowed sockets."""
+    lum = img.astype(np.float32).mean(2)
+    m = mask > 0.5
+    if m.sum() < 16:
+        return np.zeros(mask.shape, bool)
+    return lum < DARK_EDGE * float(np.median(lum[m]))
+
+
 def light_grid(crop: np.ndarray, mask: np.ndarray, n: int = GRID) -> np.ndarray:
     """n x n x 3 mean colour (0..1) of `crop` over `mask`, per cell of the crop; an empty cell takes
     the mean of its non-empty neighbours, else the overall mean. The only lighting input."""
@@ -358,6 +388,7 @@ class Prepared(NamedTuple):
     maps: tuple         # crop -> canonical remap() maps of that mesh
     gain: np.ndarray    # 128x128x3 recolouring gain
     keep: float         # colour kept (1: all; grey faces get grey identities)
+    corr: np.ndarray    # BGR gain after that: the identity's mean skin colour -> the face's
 
 
 def prepare(geo: Geometry, crop: np.ndarray, pts: np.ndarray, id_tex: np.ndarray, mask_scale: float,
@@ -366,8 +397,10 @@ def prepare(geo: Geometry, crop: np.ndarray, pts: np.ndarray, id_tex: np.ndarray
     """The generator input for one face crop (BGR uint8), and its parts (see generator_input)."""
     cover = poly_mask(oval_polygon(pts, mask_scale))
     skin = poly_mask(oval_polygon(pts, ID_OVAL_SCALE))
-    face_cells = light_grid(crop, skin)
-    grid = upsample_grid(face_cells)
+    grid = upsample_grid(light_grid(crop, skin))
+    face_skin = skin_mask(pts)
+    face_skin *= ~_off_skin(crop, face_skin)  # hair, beard, glasses on the original's skin
+    face_cells = light_grid(crop, face_skin)
     if id_shape is not None and pull:
         off = np.float32(pull) * (id_shape.astype(np.float32) - geo.mean)
         # the mouth's opening, width and corners stay the face's own (expression, not identity): the
@@ -378,7 +411,8 @@ def prepare(geo: Geometry, crop: np.ndarray, pts: np.ndarray, id_tex: np.ndarray
         pts = pts + off
     maps = geo.maps(pts)
     warped, valid = geo.from_canonical(id_tex, pts, id_valid, maps)
-    id_cells = light_grid(warped, valid)
+    id_skin = valid * skin_mask(pts)
+    id_cells = light_grid(warped, id_skin)
     # per-cell gains about the overall one, limited to GAIN_SPREAD either way: a cell whose means
     # differ for other reasons (the original's dark eye sockets, brows or glasses; few valid
     # identity pixels) does not paint dark sockets or bright blotches
@@ -387,13 +421,18 @@ def prepare(geo: Geometry, crop: np.ndarray, pts: np.ndarray, id_tex: np.ndarray
     gain = np.clip(upsample_grid((cell * whole).astype(np.float32)), 0.2, 5.0)
     tex = np.clip(warped.astype(np.float32) / 255.0 * gain, 0.0, 1.0)
     # no more colourful than the face: a grey (night IR, ORL) face gets a grey identity, not one
-    # whose lips and eyes keep their colour around grey cell means
+    # whose lips and eyes keep their colour around grey cell means (saturation, not chroma: dark
+    # skin is not made grey)
     keep = min(1.0, _chroma(face_cells) / max(_chroma(id_cells), 1e-3))
     tex = _desaturate(tex, keep)
+    # then the identity's skin as a whole gets the face's mean skin colour (what the cell limits,
+    # clipping and desaturation left off)
+    corr = _skin_match(crop, face_skin, tex, id_skin)
+    tex = np.clip(tex * corr, 0.0, 1.0)
     tex *= valid[..., None]
     ctx = crop.astype(np.float32) / 255.0 * (1.0 - cover[..., None])
     x = np.concatenate([tex, valid[..., None], grid, ctx, cover[..., None]], 2)
-    return Prepared(np.ascontiguousarray(x.transpose(2, 0, 1)[None]), cover, pts, maps, gain, keep)
+    return Prepared(np.ascontiguousarray(x.transpose(2, 0, 1)[None]), cover, pts, maps, gain, keep, corr)
 
 
 def generator_input(geo: Geometry, crop: np.ndarray, pts: np.ndarray, id_tex: np.ndarray,
@@ -416,8 +455,19 @@ def _desaturate(tex: np.ndarray, keep: float) -> np.ndarray:
 
 
 def _chroma(cells: np.ndarray) -> float:
-    """Mean spread of B, G, R within a grid cell: 0 for grey."""
-    return float(np.mean(np.std(cells, axis=-1)))
+    """Mean saturation of the grid cells: spread of B, G, R over their mean (0 for grey)."""
+    return float(np.mean(np.std(cells, axis=-1) / np.maximum(cells.mean(-1), 0.02)))
+
+
+def _skin_match(crop: np.ndarray, face_skin: np.ndarray, tex: np.ndarray, id_skin: np.ndarray
+                ) -> np.ndarray:
+    """BGR gain taking the mean of `tex` (0..1) over `id_skin` to the mean of `crop` (uint8) over
+    `face_skin` (within 0.5-2x; 1 when either has under 16 skin pixels)."""
+    fw, iw = face_skin > 0.5, id_skin > 0.5
+    if fw.sum() < 16 or iw.sum() < 16:
+        return np.ones(3, np.float32)
+    want = crop[fw].astype(np.float32).mean(0) / 255.0
+    return np.clip(want / np.maximum(tex[iw].mean(0), 0.02), 0.5, 2.0).astype(np.float32)
 
 
 def fill_smooth(img: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -433,6 +483,18 @@ def fill_smooth(img: np.ndarray, weight: np.ndarray) -> np.ndarray:
         alpha = np.clip(bk * 2.0, 0.0, 1.0)[..., None]  # where half the footprint is known: its own mean
         out = alpha * (ak / np.maximum(bk, 1e-6)[..., None]) + (1 - alpha) * up
     return out
+
+
+def fill_identity(tex: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """An identity texture (BGR uint8, canonical frame at any scale) with what is not its own skin
+    or features (`valid` < 1, 128 px canonical: its hair, glasses rims, backdrop) filled smoothly
+    from its own skin, so the whole oval can be shown without holes."""
+    if valid.shape != tex.shape[:2]:
+        valid = cv2.resize(valid, tex.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+    known = (valid > 0.99).astype(np.float32)
+    out = fill_smooth(tex.astype(np.float32) * known[..., None], known)
+    out = known[..., None] * tex + (1.0 - known[..., None]) * out
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
 def _smooth_fill(x: np.ndarray) -> np.ndarray:
@@ -637,6 +699,7 @@ def render_sharp(geo: Geometry, p: Prepared, ctx: np.ndarray, pts: np.ndarray, m
     v *= 1.0 - poly_mask(p.pts[INNER_LIPS] * np.float32(s), size)
     gain = _magnify(p.gain, s, size)
     face = _desaturate(np.clip(warped.astype(np.float32) / 255.0 * gain, 0.0, 1.0), p.keep)
+    face = np.clip(face * p.corr, 0.0, 1.0)
     soft = np.minimum(cv2.GaussianBlur(v, (0, 0), 2.5 * s), v)[..., None]
     mesh = p.pts * np.float32(s)
     inner = draw_lips(soft * face + (1 - soft) * fill, mesh, s, p.keep)
@@ -674,18 +737,24 @@ def mirror_ring(img: np.ndarray, poly: np.ndarray, margin: float = 1.0) -> np.nd
 
 def ring_fill(src: np.ndarray, known: np.ndarray, poly: np.ndarray, fill: np.ndarray) -> np.ndarray:
     """The covered ring's background: the surroundings (`src`, BGR float premultiplied by `known`,
-    0 under the cover) reflected in across the covered polygon, on the top and sides; below the chin
-    (within MIRROR_DOWN of straight down, where a reflection would pull the collar up to the jaw),
-    and where the reflection would read unknown pixels, the smooth `fill`."""
+    0 under the cover) reflected in across the covered polygon, on the top and sides; where the
+    reflection would read unknown pixels (the cover again, past the frame's edge) the reflected
+    pixels around them, filled smoothly (no flat patch of another colour); below the chin (within
+    MIRROR_DOWN of straight down, where a reflection would pull the collar up to the jaw) the
+    smooth `fill`, crossing over along the angle."""
     m = mirror_ring(np.dstack([src, known]), poly)
-    k = m[..., 3:4]
-    mir = m[..., :3] / np.maximum(k, 1e-3)
+    k = m[..., 3]
+    sure = (k > 0.99).astype(np.float32)
+    mir = m[..., :3] / np.maximum(k, 1e-3)[..., None]
+    if not sure.all():
+        mir = fill_smooth(mir * sure[..., None], sure) if sure.any() else fill
+        soft = np.minimum(cv2.GaussianBlur(sure, (0, 0), 1.0), sure)[..., None]
+        mir = soft * (m[..., :3] / np.maximum(k, 1e-3)[..., None]) + (1 - soft) * mir
     h, w = known.shape[:2]
     c = poly.mean(0)
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     down = np.degrees(np.arctan2(np.abs(xs - c[0]), ys - c[1]))  # 0 straight down, 180 up
     wgt = np.clip((down - MIRROR_DOWN[0]) / (MIRROR_DOWN[1] - MIRROR_DOWN[0]), 0, 1)[..., None]
-    wgt = wgt * np.clip((k - 0.5) * 4, 0, 1)
     return wgt * mir + (1 - wgt) * fill
 
 

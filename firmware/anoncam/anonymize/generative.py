@@ -81,6 +81,7 @@ class IdentityBank:
         self._sharp_off = d["sharp_offsets"] if self.tex_scale else None
         self._sharp: OrderedDict[int, np.ndarray] = OrderedDict()
         self._sharp_lock = threading.Lock()  # the frame loop and the choosing worker both render
+        self._filled: OrderedDict[tuple, np.ndarray] = OrderedDict()  # (identity, sharp) -> filled()
         self._valid: dict[int, np.ndarray] = {}  # identity -> Geometry.identity_valid, made on first use
         self._full = float((self.geo.id_valid > 0.99).sum())
         self.grids = d["grid"].astype(np.float32)
@@ -94,6 +95,25 @@ class IdentityBank:
         if v is None:
             v = self._valid[idx] = self.geo.identity_valid(self.textures[idx])
         return v
+
+    def filled(self, idx: int, sharp: bool = False) -> np.ndarray | None:
+        """Identity idx's texture (128 px, or sharp) with its holes (valid < 1) filled from its own
+        skin (facegen.fill_identity): what the renderer shows over the whole identity oval."""
+        key = (idx, sharp)
+        with self._sharp_lock:
+            t = self._filled.get(key)
+            if t is not None:
+                self._filled.move_to_end(key)
+                return t
+        src = self.sharp(idx) if sharp else self.textures[idx]
+        if src is None:
+            return None
+        t = fg.fill_identity(src, self.valid(idx))
+        with self._sharp_lock:
+            self._filled[key] = t
+            while len(self._filled) > SHARP_CACHE:
+                self._filled.popitem(last=False)
+        return t
 
     def sharp(self, idx: int) -> np.ndarray | None:
         """Identity idx's texture at tex_scale x 128 px (None without a sharp bank)."""
@@ -330,12 +350,12 @@ class Generative:
         `sharp` = (the frame aligned at s x the crop, s, surroundings or None), network-free at that
         resolution from the identity's sharp texture (fg.render_sharp)."""
         shape = None if self.bank.shapes is None else self.bank.shapes[idx]
-        p = fg.prepare(self.bank.geo, crop, pts, self.bank.textures[idx], mask_scale, shape,
-                       fg.SHAPE_PULL, self.bank.valid(idx))
+        geo = self.bank.geo
+        p = fg.prepare(geo, crop, pts, self.bank.filled(idx), mask_scale, shape, fg.SHAPE_PULL, geo.id_valid)
         x = p.x
         if sharp is not None:
-            y = fg.render_sharp(self.bank.geo, p, sharp[0], pts, mask_scale, self.bank.sharp(idx),
-                                self.bank.tex_scale, self.bank.valid(idx), sharp[1], sharp[2])
+            y = fg.render_sharp(geo, p, sharp[0], pts, mask_scale, self.bank.filled(idx, sharp=True),
+                                self.bank.tex_scale, geo.id_valid, sharp[1], sharp[2])
         elif net is not None:
             y = net.run(x)[0][0].transpose(1, 2, 0)
         else:
