@@ -482,7 +482,7 @@ def parser() -> argparse.ArgumentParser:
         "also the realism section: detail, seam, real-vs-anonymized AUC, face-api re-ID, flicker and "
         "contact sheets of held-out faces (realism_faces.png, realism_clips.png; ~3 min more)"))
     e.add_argument("--consent", action="store_true", help=(
-        "also the consent section for the config's consent settings: false-exempt rate with its upper 95 % "
+        "also the consent section for the config's consent settings: false-exempt rate with its upper 95 %% "
         "bound, miss rate and time to exempt (embeddings cached after the first run, ~15 min)"))
     e.set_defaults(fn=cmd_eval)
     from . import bench
