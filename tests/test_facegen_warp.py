@@ -326,3 +326,18 @@ def test_identity_skin_takes_the_face_skin_colour(models, media, dim):
         skin = (fg.skin_mask(p.pts) > 0.5) & (p.x[0, 3] > 0.99)
         got = lab(tex[skin] * 255).mean(0)
         assert np.linalg.norm(got - want) < 4.0, (idx, got, want)
+
+
+def test_mirror_ring_squeezed_reads_only_near_the_edge():
+    """Known answer with squeeze 0.5: at radius r inside a circle of radius R, the pixel at
+    R + 0.5 (R - r) + margin; so a ring of depth d reads no further than d / 2 past the edge."""
+    size, r0 = 200, 60.0
+    c = np.float32([100, 100])
+    t = np.linspace(0, 2 * np.pi, 72, endpoint=False)
+    poly = (c + r0 * np.stack([np.cos(t), np.sin(t)], 1)).astype(np.float32)
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    rad = np.hypot(xs - c[0], ys - c[1])
+    out = fg.mirror_ring(rad, poly, margin=1.0, squeeze=0.5)
+    ring = (rad > 35) & (rad < 58)
+    assert np.abs(out[ring] - (r0 + 0.5 * (r0 - rad[ring]) + 1.0)).max() < 0.6
+    assert out[ring].max() < r0 + 0.5 * 25 + 1.6

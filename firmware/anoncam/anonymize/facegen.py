@@ -61,6 +61,10 @@ MOUTH_OPEN = 1.5    # crop px: inner lips closer than this are a closed mouth (d
 MOUTH_DARK = 0.3    # the cavity's brightness over the lips'
 TEETH_FROM = 0.08   # draw_mouth: teeth show from this opening over the mouth's width (full at twice)
 ZONE_SOFT = 1.5     # crop px: softness of the face zone's edge before the band-wise blend
+# mirror_ring squeeze: the ring reads only the surroundings within this x its own depth past the
+# covered edge (stretched radially), so structures further out (a hat brim, the backdrop past the
+# hair, an arm) are not pulled in as horns or wedges
+MIRROR_SQUEEZE = 0.5
 FACE_ZONE = 1.0     # ... outside the identity's own pixels and its face oval scaled by this
 MIRROR_DOWN = (35.0, 65.0)  # degrees from straight down: smooth fill below the first, mirror past the second
 # skin (skin_mask): the face oval scaled by SKIN_OVAL minus each eye with its brow and the lips
@@ -716,11 +720,12 @@ def render_sharp(geo: Geometry, p: Prepared, ctx: np.ndarray, pts: np.ndarray, m
     return cover * inner + (1 - cover) * bg
 
 
-def mirror_ring(img: np.ndarray, poly: np.ndarray, margin: float = 1.0) -> np.ndarray:
+def mirror_ring(img: np.ndarray, poly: np.ndarray, margin: float = 1.0, squeeze: float = 1.0) -> np.ndarray:
     """`img` reflected inward across the polygon `poly` (star-shaped about its centroid): a pixel at
-    radius r where the polygon's edge is at R takes the pixel at radius 2R - r + margin on the same
-    ray (never closer than R + margin), so hair, skin and background keep their own texture into
-    the ring inside the edge. Reads `img` only outside the polygon."""
+    radius r where the polygon's edge is at R takes the pixel at radius R + squeeze (R - r) + margin
+    on the same ray (never closer than R + margin; squeeze 1 is a plain reflection), so hair, skin
+    and background keep their own texture into the ring inside the edge. Reads `img` only outside
+    the polygon."""
     h, w = img.shape[:2]
     c = poly.mean(0).astype(np.float64)
     d = poly.astype(np.float64) - c
@@ -730,7 +735,7 @@ def mirror_ring(img: np.ndarray, poly: np.ndarray, margin: float = 1.0) -> np.nd
     dx, dy = xs - np.float32(c[0]), ys - np.float32(c[1])
     r = np.sqrt(dx * dx + dy * dy) + np.float32(1e-3)
     edge = np.interp(np.arctan2(dy, dx), ang[o], rad[o], period=2 * np.pi).astype(np.float32)
-    f = (np.maximum(2 * edge - r, edge) + np.float32(margin)) / r
+    f = (np.maximum(edge + (edge - r) * np.float32(squeeze), edge) + np.float32(margin)) / r
     return cv2.remap(img, np.float32(c[0]) + dx * f, np.float32(c[1]) + dy * f, cv2.INTER_LINEAR,
                      borderMode=cv2.BORDER_CONSTANT)
 
@@ -742,7 +747,7 @@ def ring_fill(src: np.ndarray, known: np.ndarray, poly: np.ndarray, fill: np.nda
     pixels around them, filled smoothly (no flat patch of another colour); below the chin (within
     MIRROR_DOWN of straight down, where a reflection would pull the collar up to the jaw) the
     smooth `fill`, crossing over along the angle."""
-    m = mirror_ring(np.dstack([src, known]), poly)
+    m = mirror_ring(np.dstack([src, known]), poly, squeeze=MIRROR_SQUEEZE)
     k = m[..., 3]
     sure = (k > 0.99).astype(np.float32)
     mir = m[..., :3] / np.maximum(k, 1e-3)[..., None]
