@@ -7,8 +7,9 @@ frame; they are moved onto a face's mesh by a piecewise-affine warp over a fixed
 the mean shape plus two rings of helper points outside the face.
 
 The generator's input (`generator_input`), channels first, all in [0, 1]:
-  0-2  the synthetic identity's texture warped onto this face's mesh, recoloured cell by cell to
-       this face's 4x4 grid (BGR) and desaturated to its colour spread, zero where invalid
+  0-2  the synthetic identity's texture warped onto this face's mesh, recoloured skin to skin
+       (4x4 grids of mean BGR over the skin of each, skin_mask) and desaturated to the face's
+       saturation, then its mean skin colour set to the face's; zero where invalid
   3    validity of 0-2 (inside the identity's face oval x1.1, outside this face's open mouth)
   4-6  this face's lighting: a 4x4 grid of mean BGR over its face oval x1.1, bilinearly upsampled
   7-9  this crop with the covered region (face oval grown by mask_scale) set to zero (BGR)
