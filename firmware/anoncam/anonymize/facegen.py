@@ -283,11 +283,12 @@ def skin_mask(pts: np.ndarray, size: int = SIZE) -> np.ndarray:
 def _off_skin(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Pixels of `img` inside `mask` much darker than its median there (DARK_EDGE x): hair, a
     beard, glasses, shadowed sockets."""
-    lum = img.astype(np.float32).mean(2)
-    m = mask > 0.5
-    if m.sum() < 16:
+    lum = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY) if img.ndim == 3 else img
+    hist = np.bincount(lum[mask > 0.5], minlength=256)
+    if hist.sum() < 16:
         return np.zeros(mask.shape, bool)
-    return lum < DARK_EDGE * float(np.median(lum[m]))
+    median = int(np.searchsorted(np.cumsum(hist), hist.sum() / 2))
+    return lum < DARK_EDGE * median
 
 
 def light_grid(crop: np.ndarray, mask: np.ndarray, n: int = GRID) -> np.ndarray:
@@ -748,6 +749,7 @@ def ring_fill(src: np.ndarray, known: np.ndarray, poly: np.ndarray, fill: np.nda
     pixels around them, filled smoothly (no flat patch of another colour); below the chin (within
     MIRROR_DOWN of straight down, where a reflection would pull the collar up to the jaw) the
     smooth `fill`, crossing over along the angle."""
+    h, w = known.shape[:2]
     m = mirror_ring(np.dstack([src, known]), poly, squeeze=MIRROR_SQUEEZE)
     k = m[..., 3]
     sure = (k > 0.99).astype(np.float32)
@@ -756,7 +758,6 @@ def ring_fill(src: np.ndarray, known: np.ndarray, poly: np.ndarray, fill: np.nda
         mir = fill_smooth(mir * sure[..., None], sure) if sure.any() else fill
         soft = np.minimum(cv2.GaussianBlur(sure, (0, 0), 1.0), sure)[..., None]
         mir = soft * (m[..., :3] / np.maximum(k, 1e-3)[..., None]) + (1 - soft) * mir
-    h, w = known.shape[:2]
     c = poly.mean(0)
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     down = np.degrees(np.arctan2(np.abs(xs - c[0]), ys - c[1]))  # 0 straight down, 180 up
