@@ -754,14 +754,21 @@ def ring_fill(src: np.ndarray, known: np.ndarray, poly: np.ndarray, fill: np.nda
     k = m[..., 3]
     sure = (k > 0.99).astype(np.float32)
     mir = m[..., :3] / np.maximum(k, 1e-3)[..., None]
-    if not sure.all():
-        mir = fill_smooth(mir * sure[..., None], sure) if sure.any() else fill
-        soft = np.minimum(cv2.GaussianBlur(sure, (0, 0), 1.0), sure)[..., None]
-        mir = soft * (m[..., :3] / np.maximum(k, 1e-3)[..., None]) + (1 - soft) * mir
     c = poly.mean(0)
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     down = np.degrees(np.arctan2(np.abs(xs - c[0]), ys - c[1]))  # 0 straight down, 180 up
     wgt = np.clip((down - MIRROR_DOWN[0]) / (MIRROR_DOWN[1] - MIRROR_DOWN[0]), 0, 1)[..., None]
+    if ((sure < 1) & (wgt[..., 0] > 0) & (poly_mask(poly, h) > 0)).any():  # unknowns where shown
+        if sure.any():  # filled at half resolution (it is smooth anyway)
+            half = (w // 2, h // 2)
+            ks = cv2.resize(sure, half, interpolation=cv2.INTER_AREA)
+            lo = cv2.resize(mir * sure[..., None], half, interpolation=cv2.INTER_AREA)
+            lo = fill_smooth(lo / np.maximum(ks, 1e-3)[..., None], ks)
+            filled = cv2.resize(lo, (w, h), interpolation=cv2.INTER_LINEAR)
+        else:
+            filled = fill
+        soft = np.minimum(cv2.GaussianBlur(sure, (0, 0), 1.0), sure)[..., None]
+        mir = soft * mir + (1 - soft) * filled
     return wgt * mir + (1 - wgt) * fill
 
 
