@@ -121,8 +121,11 @@ def ha_python() -> Path:
     py, done = venv / "bin" / "python", venv / ".installed"
     if done.exists():
         return py
-    found = sorted(glob.glob(str(Path.home() / ".pyenv/versions/3.13*/bin/python3.13")))
-    base = shutil.which("python3.13") or (found[-1] if found else None)
+    # a pyenv shim named python3.13 exists even where 3.13 is installed but not selected (it then
+    # fails with "command not found"): take the first candidate that actually runs
+    found = sorted(glob.glob(str(Path.home() / ".pyenv/versions/3.13*/bin/python3.13")), reverse=True)
+    base = next((c for c in [*found, shutil.which("python3.13")] if c and subprocess.run(
+        [c, "-c", "import venv, ensurepip"], capture_output=True).returncode == 0), None)
     if base is None:
         pytest.fail(f"Home Assistant {HA_VERSION} needs Python 3.13; none found (python3.13, ~/.pyenv)")
     shutil.rmtree(venv, ignore_errors=True)
