@@ -115,16 +115,21 @@ def build_onnx(w: dict[str, np.ndarray]) -> onnx.ModelProto:
     return model
 
 
+def tfjs_session(manifest: str, weights: str, build, threads: int) -> ort.InferenceSession:
+    """An onnxruntime session of the graph `build` makes from the TFJS weights of the manifest
+    entries `manifest` (the weights manifest) and `weights` (the .bin), built in memory."""
+    man = assets.load_manifest("models")
+    w = read_tfjs(assets.fetch(man[manifest]), assets.fetch(man[weights]))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = threads
+    return ort.InferenceSession(build(w).SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
 class FaceApiNet:
     """face-api.js's 128-d recognizer; `embed` takes a BGR image and FaceMesh's 468 landmarks."""
 
     def __init__(self, threads: int = 1):
-        man = assets.load_manifest("models")
-        w = read_tfjs(assets.fetch(man[MANIFEST]), assets.fetch(man[WEIGHTS]))
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = opts.inter_op_num_threads = threads
-        self.session = ort.InferenceSession(build_onnx(w).SerializeToString(), opts,
-                                            providers=["CPUExecutionProvider"])
+        self.session = tfjs_session(MANIFEST, WEIGHTS, build_onnx, threads)
 
     @staticmethod
     def chip(img: np.ndarray, landmarks: np.ndarray) -> np.ndarray:

@@ -24,11 +24,9 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from .. import assets
-from .faceapi import read_tfjs  # noqa: F401 -- re-exported for the tests
+from .faceapi import read_tfjs, tfjs_session  # noqa: F401 -- read_tfjs re-exported for the tests
 from .metrics import EXPRESSIONS
 
 SIZE = 112
@@ -96,12 +94,7 @@ class Landmarks68:
     """face-api.js's 68-point landmark net; `run(img, box)` -> (68, 2) image px."""
 
     def __init__(self, threads: int = 1):
-        man = assets.load_manifest("models")
-        w = read_tfjs(assets.fetch(man[MANIFEST]), assets.fetch(man[WEIGHTS]))
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = opts.inter_op_num_threads = threads
-        self.session = ort.InferenceSession(build_onnx(w).SerializeToString(), opts,
-                                            providers=["CPUExecutionProvider"])
+        self.session = tfjs_session(MANIFEST, WEIGHTS, build_onnx, threads)
 
     def run(self, img: np.ndarray, box: np.ndarray) -> np.ndarray:
         x0, y0, x1, y1 = (float(v) for v in box[:4])
