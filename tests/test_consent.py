@@ -372,3 +372,26 @@ def test_the_name_reaches_a_face_only_with_publish_names(gallery_file, clips):
             pipe.policy.drain()
             names += [x.consent_name for x in res.faces if x.method is None]
         assert names and set(names) == {want}
+
+
+def test_faceres_relu6_as_clip_keeps_the_embedding(enroller, clips):
+    """The camera's FaceRes graph (ReLU6 as one Clip, fused into the convolutions) gives the embedding
+    of the plain op-by-op translation of the TFJS graph, on real faces."""
+    from anoncam import assets
+    from anoncam.backends import open_model
+    from anoncam.consent import faceres
+    from anoncam.detect.facemesh import FaceMesh
+
+    graph = faceres.read_graph_model(assets.model_path("faceres_graph"), assets.model_path("faceres"))
+    plain = open_model(faceres.build_onnx(*graph, faceres.OUTPUT, faceres.SIZE, clip=False).SerializeToString(),
+                       "onnx", threads=1)
+    camera = faceres.FaceRes(1)
+    ops = [n.op_type for n in faceres.build_onnx(*graph, faceres.OUTPUT, faceres.SIZE).graph.node]
+    assert "Clip" in ops and "Min" not in ops and "Max" not in ops and "Relu" not in ops
+    for img in (clips["franck"][0], clips["cap12"][0], load_orl(orl_images(2)[10])):
+        d = enroller.detect(img, 0, still=True)[0]
+        pts, _ = enroller.mesh.run(img, *FaceMesh.region_from_box(d.box, d.kps))
+        crop = aligned_crop(img, pts)
+        x = cv2.cvtColor(cv2.resize(crop, (faceres.SIZE,) * 2), cv2.COLOR_BGR2RGB).astype(np.float32)[None]
+        ref = plain.run(np.ascontiguousarray(x))[0].reshape(-1)
+        assert float(camera.embed_crop(crop) @ (ref / np.linalg.norm(ref))) > 0.99999
