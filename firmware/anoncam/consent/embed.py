@@ -10,8 +10,12 @@ from ..attributes import MESH_FOR_SFACE, SFACE_TEMPLATE, Likeness
 from ..geometry import similarity
 
 
+# MESH_FOR_SFACE's five points as pairs of mesh indices (a single point twice: its mean is itself)
+_PAIRS = np.array([(g * 2)[:2] for g in MESH_FOR_SFACE])
+
+
 def aligned_crop(img: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-    kps = np.array([landmarks[list(i)].mean(0) for i in MESH_FOR_SFACE], np.float64)
+    kps = landmarks[_PAIRS].mean(1).astype(np.float64)  # one gather (a check's crop runs in the loop)
     return cv2.warpAffine(img, similarity(kps, SFACE_TEMPLATE), (112, 112))
 
 
