@@ -166,12 +166,18 @@ def test_large_face_rendered_at_its_own_resolution(models, media):
     assert sharp_in > 1.3 * soft_in and sharp_ring > 1.3 * soft_ring, (sharp_in, soft_in, sharp_ring, soft_ring)
 
 
+# an identity key under which cap13's identity, chosen on the first sighting alone, came back when
+# the man opened his mouth (frames 398-418 at 0.364-0.379): the guard's case
+LEAKED_KEY = bytes.fromhex("62ae80c175dc2efa78eec10657861e52802e8d3f96169232119cb5d939908b93")
+
+
 def test_no_identity_leak_on_video(media, tmp_path, cli_env):
     """Every frame of cap13 where the reference detector finds a face: SFace on the output, aligned
     with the original's own detection, no longer matches the original person."""
     src, out = media["cap13"], tmp_path / "cap13_generative.mp4"
-    subprocess.run([*ANONCAM, "anonymize", str(src), "-o", str(out), "--method", "generative", "-q"],
-                   env=cli_env, check=True, timeout=900)
+    (tmp_path / "key").write_bytes(LEAKED_KEY)
+    subprocess.run([*ANONCAM, "anonymize", str(src), "-o", str(out), "--method", "generative", "-q",
+                    "--identity-key", str(tmp_path / "key")], env=cli_env, check=True, timeout=900)
     faces = video_reference_rows(src)  # the reference faces with the landmarks SFace aligns by
     bad, checked, sims = [], 0, []
     for i, (a, b) in enumerate(zip(iter_frames(src), iter_frames(out))):

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 from anoncam.anonymize import generative as gen
+from anoncam.anonymize.masks import neighbourhood
 from anoncam.pipeline import Pipeline
 from anoncam.types import Face
 from conftest import make_config
@@ -133,3 +134,47 @@ def test_lost_track_choice_dropped_unmade(models, media):
     assert g.chosen(key, 2, frame, lm, 1.4) is not None and g.failures == 0
     assert g.chosen(key, 1, frame, lm, 1.4) is None  # asked again
     g.stop()  # the waiting choice is dropped, the worker ends
+
+
+
+def test_guard_blurs_a_track_that_reads_close(franck, monkeypatch):
+    """Along a video track the guard reads the drawn face against the original; from GUARD_MAX on
+    the track is blurred (a file's frame just read is drawn again) and keeps its identity, until a
+    reading falls below GUARD_COOL. With GUARD_MAX below any cosine every reading is too close."""
+    key = b"grd" * 11 + b"x"
+    blurred, _ = run("blur", franck[:2], live=False)
+    gen.GENERATIVE.forget()
+    kept, faces = run("generative", franck[:2], live=False, key=key)
+    tag = gen.GENERATIVE._tag(key, faces[0][0].track_id)
+    idx = gen.GENERATIVE._tracks[tag]
+    assert not np.array_equal(kept[1], blurred[1])
+    monkeypatch.setattr(gen, "GUARD_MAX", -1.0)
+    gen.GENERATIVE.forget()
+    hot, _ = run("generative", franck[:2], live=False, key=key)
+    assert np.array_equal(hot[0], kept[0])  # the choice's own frame is not read again
+    assert np.array_equal(hot[1], blurred[1])  # read, too close: drawn again, blurred
+    assert gen.GENERATIVE.hot_reads == 1 and gen.GENERATIVE._tracks[tag] == idx
+    monkeypatch.undo()
+    # live (the worker's reading, made here in line): the original against itself reads 1.0: hot,
+    # blurred; the identity drawn into the face reads low: drawn again; a late reading: blurred
+    g, lm, tid = gen.Generative(), faces[1][0].landmarks, faces[1][0].track_id
+    g.prepare()
+    assert g.identity(key, tid, franck[1], lm) == idx
+    before, local = neighbourhood(franck[1], lm)
+    poly_px = float(np.ptp(lm, axis=0).max())
+    h, w = franck[1].shape[:2]
+
+    def draw() -> np.ndarray:
+        face = Face(track_id=tid, box=faces[1][0].box, detected=True, landmarks=lm)
+        return g(franck[1].copy(), poly_px, face=face, frame=franck[1], roi_box=(0, 0, w, h), key=key, live=True)
+
+    drawn = draw()
+    assert g._read(tag, idx, before, before.copy(), local, 1.4)
+    cover = draw()
+    assert not np.array_equal(cover, drawn)
+    ys, xs = core(faces[1][0].box, franck[1].shape, 0.5)
+    assert np.abs(cover[ys, xs].astype(int) - franck[1][ys, xs]).mean() > 8
+    assert not g._read(tag, idx, before, None, local, 1.4) and np.array_equal(draw(), drawn)
+    g._wait[tag] = gen.GUARD_LATE + 1
+    assert np.array_equal(draw(), cover)
+    g.stop()

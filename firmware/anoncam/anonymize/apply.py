@@ -10,7 +10,7 @@ from .. import registry
 from ..config import AnonymizeConfig
 from ..types import Face
 from . import methods
-from .masks import face_polygon, feathered, roi_for
+from .masks import face_polygon, feathered, neighbourhood, roi_for
 
 
 class Anonymizer:
@@ -50,13 +50,29 @@ class Anonymizer:
             return
         x0, y0, x1, y1 = roi
         region = frame[y0:y1, x0:x1]
-        repl = fn(region, face_px / scale, sigma_frac=self.cfg.blur_sigma,
-                  blocks=self.cfg.pixelate_blocks, color=self.cfg.solid_color,
-                  face=face, frame=frame, roi_box=roi, key=self.key, mask_scale=scale,
-                  min_face=self.cfg.generative_min_face, use_net=self.cfg.generative_net,
-                  precision=self.precision, live=live)
         m = feathered(poly, roi, feather)
-        region[:] = cv2.blendLinear(repl, region, m, 1.0 - m)
+
+        def draw():
+            repl = fn(region, face_px / scale, sigma_frac=self.cfg.blur_sigma,
+                      blocks=self.cfg.pixelate_blocks, color=self.cfg.solid_color,
+                      face=face, frame=frame, roi_box=roi, key=self.key, mask_scale=scale,
+                      min_face=self.cfg.generative_min_face, use_net=self.cfg.generative_net,
+                      precision=self.precision, live=live)
+            region[:] = cv2.blendLinear(repl, region, m, 1.0 - m)
+
+        # a keyed identity's guard (generative): now and then the drawn face is read against the
+        # original (copies in memory only); one that reads too close is drawn again (blurred)
+        due = getattr(fn, "guard_due", None)
+        if due is None or not due(self.key, face):
+            draw()
+            return
+        before, local = neighbourhood(frame, face.landmarks)
+        keep = region.copy()
+        draw()
+        after, _ = neighbourhood(frame, face.landmarks)
+        if fn.guard(self.key, face, before, after, local, scale, live):
+            region[:] = keep
+            draw()
 
     def zones(self, frame: np.ndarray) -> None:
         if not self.cfg.privacy_zones:

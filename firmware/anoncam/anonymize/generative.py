@@ -39,6 +39,7 @@ from .. import assets
 from ..attributes import AgeGender, Likeness
 from . import facegen as fg
 from .cover import blur, pixelate
+from .masks import neighbourhood
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,21 @@ LIKE_PENALTY = 1000.0  # score of a candidate SFace still matches to the origina
 # sighting's (cap13), hence the margin
 LIKE_MAX = 0.2
 AGE_OK = 4.0  # years: a candidate this close in apparent age (and of the same gender) is taken
+# The guard. The choice reads the first sighting only; later expressions can bring the same identity
+# much closer to the original (cap13: an open mouth took identities from 0.1-0.25 at the first
+# frame to 0.25-0.42; at such frames every identity of the bank reads >= 0.25, so choosing again
+# does not help). So along a video track SFace reads the drawn face against the original again
+# (files: in line; live: in the worker), next after (GUARD_MAX - cosine) / GUARD_RISE frames
+# (1..GUARD_GAP; the steepest rise seen was 0.066 in a frame). From GUARD_MAX on the track is "hot":
+# blurred (the frame just read is drawn again, blurred) and read on every frame until it reads
+# below GUARD_COOL; its identity stays the same. SFace's same-person threshold is 0.363.
+# Live, the reading lags by the worker's latency; one not back within GUARD_LATE frames blurs the face
+# until it is. Output encoding (mp4v) moved the same frames' cosine by up to +0.04.
+GUARD_MAX = 0.30
+GUARD_COOL = 0.26
+GUARD_RISE = 0.05
+GUARD_GAP = 4
+GUARD_LATE = 8
 NO_NET = "no network (numpy renderer, no model to quantize)"
 # frame-resolution detail (Generative.detail), where the 128 px rendering is magnified into the frame
 SHARPEN = 0.6       # unsharp-mask amount ...
@@ -165,6 +181,11 @@ class Generative:
         self._pending: dict[bytes, int] = {}  # HMAC(key, track) -> the live draw that last drew it waiting
         self._draws = 0  # live draws of faces with landmarks so far
         self._failed: OrderedDict[bytes, None] = OrderedDict()  # tracks whose choice failed: blurred
+        # the guard, per track: frames until its next reading; tracks that read too close (blurred)
+        self._due: OrderedDict[bytes, int] = OrderedDict()
+        self._hot: OrderedDict[bytes, None] = OrderedDict()
+        self._wait: dict[bytes, int] = {}  # live: frames a track's reading has been with the worker
+        self.hot_reads = 0  # guard readings at or above GUARD_MAX
         self._jobs: queue.Queue | None = None  # the worker's, made with it on the first live choice
         self._thread: threading.Thread | None = None
         self.failures = 0  # choices the worker could not make
@@ -235,7 +256,7 @@ class Generative:
         if not waiting:
             region, local = neighbourhood(frame, pts)
             try:
-                self._worker().put_nowait((tag, region, local, mask_scale))
+                self._worker().put_nowait((tag, region, local, mask_scale, None))
             except queue.Full:  # asked again on the track's next frame
                 with self._state:
                     self._pending.pop(tag, None)
@@ -276,8 +297,11 @@ class Generative:
             if job is None:
                 jobs.task_done()
                 return
-            tag, region, local, mask_scale = job
+            tag, region, local, mask_scale, check = job
             try:
+                if check is not None:  # the guard's reading (a fault: the track stays blurred)
+                    self._read(tag, check[0], region, check[1], local, mask_scale)
+                    continue
                 with self._state:
                     asked = self._pending.get(tag)
                     if asked is None or self._draws - asked > STALE:  # the track is gone
@@ -293,7 +317,7 @@ class Generative:
                     while len(self._failed) > TRACKS:
                         self._failed.popitem(last=False)
             finally:
-                del region
+                del region, check
                 jobs.task_done()
 
     def drain(self) -> None:
@@ -302,10 +326,82 @@ class Generative:
             self._jobs.join()
 
     def forget(self) -> None:
-        """Forget every track's identity and failed choice (tests, benchmarks)."""
+        """Forget every track's identity, failed choice and guard state (tests, benchmarks)."""
         with self._state:
             self._tracks.clear()
             self._failed.clear()
+            self._due.clear()
+            self._hot.clear()
+            self._wait.clear()
+            self.hot_reads = 0
+
+    def guard_due(self, key: bytes, face) -> bool:
+        """Whether the guard reads this frame of a video track (GUARD_MAX): a countdown per track."""
+        if face.still or face.landmarks is None:
+            return False
+        tag = self._tag(key, face.track_id)
+        with self._state:
+            if tag in self._wait:  # live: its reading is still with the worker
+                self._wait[tag] += 1
+                return False
+            n = self._due.get(tag, 2) - 1  # the first reading 2 frames after the choice's own
+            self._due[tag] = max(n, 0)
+            self._due.move_to_end(tag)
+            while len(self._due) > TRACKS:
+                self._due.popitem(last=False)
+        return n <= 0
+
+    def guard(self, key: bytes, face, before: np.ndarray, after: np.ndarray, local: np.ndarray,
+              mask_scale: float, live: bool = False) -> bool:
+        """Read the track's identity against the original face: `before` and `after` are copies of
+        its neighbourhood (masks.neighbourhood) before and after it was covered, `local` the
+        landmarks in them (a hot track's `after` is blurred: then the identity is rendered into
+        `before` to be read). Files: True when the track has just turned hot (the caller draws the
+        face again: blurred). Live: the worker reads; returns False."""
+        tag = self._tag(key, face.track_id)
+        idx = self._known(tag)
+        if idx is None:
+            return False
+        with self._state:
+            drawn = after if tag not in self._hot else None
+        if not live:
+            return self._read(tag, idx, before, drawn, local, mask_scale)
+        try:
+            self._worker().put_nowait((tag, before, local, mask_scale, (idx, drawn)))
+            with self._state:
+                self._wait[tag] = 0
+        except queue.Full:  # read on its next frame
+            pass
+        return False
+
+    def _read(self, tag: bytes, idx: int, before: np.ndarray, drawn: np.ndarray | None, local: np.ndarray,
+              mask_scale: float) -> bool:
+        """The guard's reading; schedules the next and turns the track hot or cool. True: it just
+        turned hot."""
+        if drawn is None:
+            drawn = self._rendered(before, local, idx, mask_scale)
+        like = float(self.likeness.embed(before, local) @ self.likeness.embed(drawn, local))
+        with self._state:
+            self._wait.pop(tag, None)
+            if self._tracks.get(tag) != idx:  # forgotten meanwhile
+                return False
+            self._due[tag] = int(np.clip((GUARD_MAX - like) / GUARD_RISE, 1, GUARD_GAP))
+            was = tag in self._hot
+            if like >= GUARD_MAX:
+                self.hot_reads += 1
+                self._hot[tag] = None
+                self._hot.move_to_end(tag)
+                while len(self._hot) > TRACKS:
+                    self._hot.popitem(last=False)
+            elif like < GUARD_COOL:
+                self._hot.pop(tag, None)
+            return not was and tag in self._hot
+
+    def _is_hot(self, key: bytes, track_id: int) -> bool:
+        """Read too close, or (live) its reading is late: the face is blurred."""
+        tag = self._tag(key, track_id)
+        with self._state:
+            return tag in self._hot or self._wait.get(tag, 0) > GUARD_LATE
 
     def choose(self, tag: bytes, region: np.ndarray, pts: np.ndarray, mask_scale: float) -> int:
         """Deterministic in `tag` (HMAC of key and track id) and the track's first sighting (the
@@ -333,16 +429,21 @@ class Generative:
         still matched to it by SFace (`ref`: the original's embedding) outweighs a flipped gender,
         which outweighs any age gap. Works on a copy of the face's neighbourhood `hood` (never
         written anywhere)."""
-        region = hood.copy()
-        crop, cpts, m = self.bank.geo.crop(region, local)
-        out, back, _ = self._draw(region, local, crop, cpts, m, idx, mask_scale)  # as the face will look
-        cv2.warpAffine(out, back, region.shape[1::-1], dst=region,
-                       flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT)
+        region = self._rendered(hood, local, idx, mask_scale)
         m_, a_ = self.attrs.read(region, local)
         like = float(ref @ self.likeness.embed(region, local))
         # a matched candidate is taken only if all are matched, then the least similar one
         matched = LIKE_PENALTY * (1.0 + like) if like >= LIKE_MAX else 0.0
         return matched + 100.0 * ((m_ >= 0.5) != (male >= 0.5)) + abs(a_ - age)
+
+    def _rendered(self, hood: np.ndarray, local: np.ndarray, idx: int, mask_scale: float) -> np.ndarray:
+        """A copy of the neighbourhood `hood` with identity idx rendered into it, as the face will look."""
+        region = hood.copy()
+        crop, cpts, m = self.bank.geo.crop(region, local)
+        out, back, _ = self._draw(region, local, crop, cpts, m, idx, mask_scale)
+        cv2.warpAffine(out, back, region.shape[1::-1], dst=region,
+                       flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT)
+        return region
 
     def render(self, crop: np.ndarray, pts: np.ndarray, idx: int, mask_scale: float, net=None,
                sharp: tuple | None = None) -> np.ndarray:
@@ -389,6 +490,8 @@ class Generative:
                 return blur(roi, face_px, sigma_frac=sigma_frac)
         else:
             idx = self.identity(key, face.track_id, frame, face.landmarks, mask_scale)
+        if not face.still and self._is_hot(key, face.track_id):  # the guard read it too close
+            return blur(roi, face_px, sigma_frac=sigma_frac)
         fallback = pixelate(roi, face_px, blocks=blocks)
         crop, pts, m = self.bank.geo.crop(frame, face.landmarks)
         inv = cv2.invertAffineTransform(m)
@@ -528,14 +631,6 @@ def soft_mask(poly: np.ndarray, h: int, w: int, sigma: float) -> np.ndarray:
                  shift=4)
     m = cv2.GaussianBlur(m, (0, 0), sigma / d)
     return m if d == 1 else cv2.resize(m, (sw * d, sh * d), interpolation=cv2.INTER_LINEAR)[:h, :w]
-
-
-def neighbourhood(img: np.ndarray, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A copy of the face's surroundings out to one face size beyond its landmarks (what choosing
-    its identity reads) and the landmarks in it."""
-    x0, y0 = np.floor(pts.min(0) - (pts.max(0) - pts.min(0))).astype(int).clip(0)
-    x1, y1 = np.ceil(pts.max(0) + (pts.max(0) - pts.min(0))).astype(int)
-    return img[y0:y1, x0:x1].copy(), pts - np.float32([x0, y0])
 
 
 GENERATIVE = Generative()  # registered as `generative` in methods.py

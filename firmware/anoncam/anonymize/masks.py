@@ -47,3 +47,11 @@ def feathered(poly: np.ndarray, roi: tuple[int, int, int, int], feather_px: floa
     cv2.fillPoly(inside, [np.round(poly - [x0, y0]).astype(np.int32)], 1)
     np.maximum(mask, inside, out=mask)  # full cover inside the polygon, at full resolution
     return mask
+
+
+def neighbourhood(img: np.ndarray, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A copy of the face's surroundings out to one face size beyond its landmarks (what choosing
+    its identity reads) and the landmarks in it."""
+    x0, y0 = np.floor(pts.min(0) - (pts.max(0) - pts.min(0))).astype(int).clip(0)
+    x1, y1 = np.ceil(pts.max(0) + (pts.max(0) - pts.min(0))).astype(int)
+    return img[y0:y1, x0:x1].copy(), pts - np.float32([x0, y0])
