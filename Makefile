@@ -35,9 +35,13 @@ test-deps:
 	python3 -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then echo "make test needs:$$missing (Debian: sudo apt-get install$$missing)"; exit 1; fi
 
+# Two pytest workers (the suite is mostly single-threaded model runs and subprocesses), one test
+# file per worker; models and media are fetched first, so the workers only read the cache.
+TEST_WORKERS ?= 2
 test: test-deps $(STAMP)
 	$(BIN)/anoncam models fetch
-	$(BIN)/python -m pytest -q $(TEST_ARGS)
+	$(BIN)/anoncam samples fetch >/dev/null
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25 $(TEST_ARGS)
 
 bench: fetch
 	$(BIN)/python bench/anonymize_vs_deface.py

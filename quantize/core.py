@@ -215,7 +215,7 @@ def build(name: str, gates: dict | None = None, out_root: Path | None = None, fo
     target.unlink(missing_ok=True)  # an earlier file of the same key is withdrawn first
     _write_json(report_file, rep)  # before the file: the runtime checks it against the sha256 in here
     if passed:
-        part = target.with_name("model.onnx.part")
+        part = target.with_name(f"model.onnx.{os.getpid()}.part")  # two test workers may build at once
         part.write_bytes(data)
         os.replace(part, target)
     (folder / "report.md").write_text(drift.markdown(rep))
@@ -232,6 +232,6 @@ def _speed_line(sp: dict) -> str:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    part = path.with_name(path.name + ".part")
+    part = path.with_name(f"{path.name}.{os.getpid()}.part")
     part.write_text(json.dumps(data, indent=2))
     os.replace(part, path)
