@@ -172,6 +172,9 @@ class Generative:
         self.net_files: dict[str, str] = {}  # runtime.precision -> the file actually loaded
         # what the last face ran on (read by `anoncam eval`)
         self.precision = NO_NET
+        # an experimental learned refiner (models/refiner; none ships): an ONNX session set by
+        # `realism_quick --refiner`, run on every rendering but the identity choice's
+        self.refiner = None
         self.attrs: AgeGender | None = None
         self.likeness: Likeness | None = None
         self._tracks: OrderedDict[bytes, int] = OrderedDict()  # HMAC(key, track) -> identity index
@@ -429,24 +432,26 @@ class Generative:
         still matched to it by SFace (`ref`: the original's embedding) outweighs a flipped gender,
         which outweighs any age gap. Works on a copy of the face's neighbourhood `hood` (never
         written anywhere)."""
-        region = self._rendered(hood, local, idx, mask_scale)
+        # as the face will look (but for an experimental refiner, models/refiner)
+        region = self._rendered(hood, local, idx, mask_scale, refine=False)
         m_, a_ = self.attrs.read(region, local)
         like = float(ref @ self.likeness.embed(region, local))
         # a matched candidate is taken only if all are matched, then the least similar one
         matched = LIKE_PENALTY * (1.0 + like) if like >= LIKE_MAX else 0.0
         return matched + 100.0 * ((m_ >= 0.5) != (male >= 0.5)) + abs(a_ - age)
 
-    def _rendered(self, hood: np.ndarray, local: np.ndarray, idx: int, mask_scale: float) -> np.ndarray:
+    def _rendered(self, hood: np.ndarray, local: np.ndarray, idx: int, mask_scale: float, refine: bool = True
+                  ) -> np.ndarray:
         """A copy of the neighbourhood `hood` with identity idx rendered into it, as the face will look."""
         region = hood.copy()
         crop, cpts, m = self.bank.geo.crop(region, local)
-        out, back, _ = self._draw(region, local, crop, cpts, m, idx, mask_scale)
+        out, back, _ = self._draw(region, local, crop, cpts, m, idx, mask_scale, refine=refine)
         cv2.warpAffine(out, back, region.shape[1::-1], dst=region,
                        flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT)
         return region
 
     def render(self, crop: np.ndarray, pts: np.ndarray, idx: int, mask_scale: float, net=None,
-               sharp: tuple | None = None) -> np.ndarray:
+               sharp: tuple | None = None, refine: bool = True) -> np.ndarray:
         """The generated 128x128 BGR uint8 crop for identity idx (network-free without `net`); with
         `sharp` = (the frame aligned at s x the crop, s, surroundings or None), network-free at that
         resolution from the identity's sharp texture (fg.render_sharp)."""
@@ -461,9 +466,23 @@ class Generative:
             y = net.run(x)[0][0].transpose(1, 2, 0)
         else:
             y = fg.classic_render(x)
+        if self.refiner is not None and refine:
+            y = self.refined(y, p.cover)
         if not np.isfinite(y).all():
             raise RuntimeError("generator produced non-finite output")
         return np.clip(y * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+    def refined(self, y: np.ndarray, cover: np.ndarray) -> np.ndarray:
+        """The refiner (models/refiner) on a rendering `y` (BGR float 0..1, 128 px or magnified): it
+        runs on the 128 px crop with the covered region `cover`; its change, kept to the covered
+        region, is magnified and added, so a magnified rendering keeps its own fine detail."""
+        size = y.shape[0]
+        small = y if size == fg.SIZE else cv2.resize(y, (fg.SIZE, fg.SIZE), interpolation=cv2.INTER_AREA)
+        x = np.concatenate([small, cover[..., None]], 2).astype(np.float32).transpose(2, 0, 1)[None]
+        d = (self.refiner.run(np.ascontiguousarray(x))[0][0].transpose(1, 2, 0) - small) * cover[..., None]
+        if size != fg.SIZE:
+            d = cv2.resize(d, (size, size), interpolation=cv2.INTER_LINEAR)
+        return np.clip(y + d, 0.0, 1.0)
 
     def __call__(self, roi: np.ndarray, face_px: float, face=None, frame=None, roi_box=None, key=None,
                  mask_scale: float = 1.4, min_face: int = 40, blocks: int = 8, use_net: bool = False,
@@ -510,7 +529,8 @@ class Generative:
         return fallback
 
     def _draw(self, frame: np.ndarray, landmarks: np.ndarray, crop: np.ndarray, pts: np.ndarray,
-              m: np.ndarray, idx: int, mask_scale: float, net=None) -> tuple[np.ndarray, np.ndarray, float]:
+              m: np.ndarray, idx: int, mask_scale: float, net=None, refine: bool = True
+              ) -> tuple[np.ndarray, np.ndarray, float]:
         """(rendering, its affine back into the frame, its scale over the 128 px crop): without the
         network and with a sharp bank at the face's own resolution (1..RENDER_MAX x the crop, with
         the reflected ring), else the 128 px crop."""
@@ -522,8 +542,9 @@ class Generative:
             ctx = cv2.warpAffine(frame, ms, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
             ring = self.surroundings(frame, fg.oval_polygon(landmarks, mask_scale), ms, size) \
                 if fg.RING_MIRROR else None
-            return self.render(crop, pts, idx, mask_scale, sharp=(ctx, s, ring)), cv2.invertAffineTransform(ms), s
-        return self.render(crop, pts, idx, mask_scale, net), cv2.invertAffineTransform(m), 1.0
+            return (self.render(crop, pts, idx, mask_scale, sharp=(ctx, s, ring), refine=refine),
+                    cv2.invertAffineTransform(ms), s)
+        return self.render(crop, pts, idx, mask_scale, net, refine=refine), cv2.invertAffineTransform(m), 1.0
 
     @staticmethod
     def surroundings(frame: np.ndarray, poly: np.ndarray, ms: np.ndarray, size: int

@@ -43,11 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("out/realism_quick"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--bank", type=Path, help="generative: an identity bank not (yet) in the manifest")
+    ap.add_argument("--refiner", type=Path, help="generative: an experimental refiner ONNX (models/refiner)")
     a = ap.parse_args(argv)
     if a.bank:
         from ..anonymize import generative as G
         G.GENERATIVE.prepare()
         G.GENERATIVE.bank = G.IdentityBank(a.bank)
+    if a.refiner:
+        from ..anonymize import generative as G
+        from ..backends import open_model
+        G.GENERATIVE.refiner = open_model(a.refiner, "onnx", threads=a.threads)
     t0 = time.time()
     cv2.setNumThreads(a.threads)
     cfg = override(Config(), **{"runtime.threads": a.threads})
