@@ -249,6 +249,7 @@ fake_picamera2.Picamera2.frames = [cap.read()[1] for _ in range(30)]
 real = fake_picamera2.Picamera2.capture_array
 def capture_array(self, name="main"):
     if self._n >= 30:
+        open({hung!r}, "w").close()  # tells the test the camera hangs now
         threading.Event().wait()  # the camera hangs: this call never returns
     time.sleep(1 / 15)  # a camera's pace (summary lines come every 0.5 s)
     return real(self, name)
@@ -266,13 +267,15 @@ def test_stop_timer_ends_a_hung_camera(media, tmp_path, cli_env):
     out = tmp_path / "out"
     cfg = write_config(tmp_path, out, camera={"width": 400, "height": 300})
     script = tmp_path / "hung.py"
-    script.write_text(HUNG_CAMERA.format(tests=str(Path(__file__).parent), clip=str(media[CLIP]), cfg=str(cfg)))
+    hung = tmp_path / "hung"
+    script.write_text(HUNG_CAMERA.format(tests=str(Path(__file__).parent), clip=str(media[CLIP]), cfg=str(cfg),
+                                         hung=str(hung)))
     d = Daemon.__new__(Daemon)
     d.err = open(tmp_path / "daemon.log", "w+")  # noqa: SIM115
     d.proc = subprocess.Popen([sys.executable, str(script)], env=cli_env, stderr=d.err)
     try:
-        d.wait(lambda: d.frames() >= 15, 180, "15 frames")
-        time.sleep(2.0)  # the stand-in hangs at its 31st frame
+        d.wait(hung.exists, 300, "the stand-in to hang at its 31st frame")  # not a fixed sleep: a loaded
+        time.sleep(0.5)  # machine may take longer than 2 s for 15 frames
         took = d.stop()
         print(f"stop with a hung camera: {took:.2f} s")
     finally:
