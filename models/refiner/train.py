@@ -1,6 +1,6 @@
 """Train the SimGAN-style refiner of `--method generative` and export it to ONNX (offline recipe).
 
-  nice -n 10 python models/refiner/train.py --minutes 45 --out /tmp/refiner/refiner.onnx
+  nice -n 10 python models/refiner/train.py --minutes 15 --out /tmp/refiner/refiner.onnx   # run 6 of CARD.md
   python models/refiner/train.py --smoke          # 2 steps on a few faces
 
 A small fully convolutional residual net R refines the network-free rendering (128 px canonical
@@ -8,8 +8,8 @@ crop, plus the covered-region mask), trained as in Shrivastava et al. 2017 ("Lea
 Simulated and Unsupervised Images through Adversarial Training"):
 - a local patch discriminator D (real face crops vs refined renderings; its loss counts only the
   patches on the covered face), with a history buffer of refined crops;
-- self-regularization: L1 between R(x) and x at full resolution and, weighted more, at 1/8
-  resolution, so pose, expression, colour and the synthetic identity stay.
+- self-regularization: L1 (and optionally squared) between R(x) and x at full resolution and L1
+  at 1/8 resolution, so pose, expression, colour and the synthetic identity stay.
 R only ever sees the rendering: inside the covered region that is the synthetic identity, never the
 original face. Rendered inputs: frames of franck.mp4 / cap12 / cap13 (not in realism_quick's
 held-out set, not ORL) with bank identities drawn at random. Real crops for D: the 999 CelebA photos
@@ -245,8 +245,10 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--crop", type=int, default=80, help="train on crops this big about the face's middle")
     ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--l1", type=float, default=2.0, help="self-regularization, full resolution")
-    ap.add_argument("--l1_low", type=float, default=20.0, help="self-regularization at 1/8 resolution (colour)")
+    # defaults: run 6 of CARD.md (the L1 settings tried are there too)
+    ap.add_argument("--l1", type=float, default=0.0, help="self-regularization, full resolution")
+    ap.add_argument("--l1_low", type=float, default=1.0, help="self-regularization at 1/8 resolution (colour)")
+    ap.add_argument("--l2", type=float, default=20.0, help="self-regularization, squared, full resolution")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--per_frame", type=int, default=2, help="identities rendered per video frame")
@@ -302,7 +304,8 @@ def main(argv=None) -> int:
         cov = x[:, 3:4]
         reg = (cov * (y - x[:, :3]).abs()).mean() / cov.mean().clamp(min=1e-3)
         low = (F.avg_pool2d(cov * (y - x[:, :3]), 8).abs()).mean() / cov.mean().clamp(min=1e-3)
-        loss_r = adv + a.l1 * reg + a.l1_low * low
+        sq = (cov * (y - x[:, :3]) ** 2).mean() / cov.mean().clamp(min=1e-3)
+        loss_r = adv + a.l1 * reg + a.l1_low * low + a.l2 * sq
         opt_r.zero_grad()
         loss_r.backward()
         opt_r.step()
