@@ -15,6 +15,9 @@ neighbourhood and its landmarks (memory only) and blurs the face (`blur`, the co
 the cover with the widest privacy margin, ORL rank-1 1.9 % against pixelate's 4.4 %) until the
 choice is back; the worker makes exactly the choice the loop would have made in line.
 
+Along a video track a guard reads the drawn face against the original with SFace again (GUARD_MAX):
+a track that reads too close is blurred, keeping its identity, until it reads clear again.
+
 Fallbacks and failure: a face without landmarks or smaller than `generative_min_face` is pixelated.
 A missing or corrupt generator file stops start-up (AssetError with path and expected sha256); a
 fault while generating raises, and the pipeline covers the whole frame (fail closed); a fault while
