@@ -64,3 +64,21 @@ def pip_member(package: str, version: str, member: str, cache: Path) -> bytes:
 
 def sha256(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
+
+
+def macs(net, channels: int, size: int = 128) -> int:
+    """Multiply-accumulates of a torch net's convolutions on one channels x size x size input."""
+    import torch
+    from torch import nn
+    total = 0
+
+    def hook(m, i, o):
+        nonlocal total
+        total += o.numel() * m.in_channels * m.kernel_size[0] * m.kernel_size[1] // m.groups
+
+    hs = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        net(torch.zeros(1, channels, size, size))
+    for h in hs:
+        h.remove()
+    return total

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from anoncam import assets  # noqa: E402
 from anoncam.anonymize import facegen as fg  # noqa: E402
 from anoncam.anonymize.generative import IdentityBank  # noqa: E402
-from common import HERE, Landmarker  # noqa: E402
+from common import HERE, Landmarker, macs  # noqa: E402
 
 CLIPS = ("franck", "cap12", "cap13")
 
@@ -74,21 +74,6 @@ class Generator(nn.Module):
         base = valid * tex + (1.0 - valid) * grid  # the recoloured identity, the grid where it has none
         face = torch.clamp(base + self.out(d), 0.0, 1.0)
         return cover * face + (1.0 - cover) * ctx
-
-
-def macs(net: nn.Module, size: int = fg.SIZE) -> int:
-    total = 0
-
-    def hook(m, i, o):
-        nonlocal total
-        total += o.numel() * m.in_channels * m.kernel_size[0] * m.kernel_size[1] // m.groups
-
-    hs = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, nn.Conv2d)]
-    with torch.no_grad():
-        net(torch.zeros(1, fg.IN_CHANNELS, size, size))
-    for h in hs:
-        h.remove()
-    return total
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -223,8 +208,8 @@ def main(argv=None) -> int:
     if a.resume:
         net.load_state_dict(torch.load(a.resume, map_location="cpu"))
     n_par = sum(p.numel() for p in net.parameters())
-    print(f"generator: {n_par / 1e6:.2f} M parameters, {macs(net) / 1e9:.3f} GMAC "
-          f"({2 * macs(net) / 1e9:.2f} GFLOP) per 128x128 face", flush=True)
+    print(f"generator: {n_par / 1e6:.2f} M parameters, {macs(net, fg.IN_CHANNELS) / 1e9:.3f} GMAC "
+          f"({2 * macs(net, fg.IN_CHANNELS) / 1e9:.2f} GFLOP) per 128x128 face", flush=True)
     opt = torch.optim.AdamW(net.parameters(), lr=a.lr, weight_decay=1e-4)
     budget = a.minutes * 60
     t_train = time.time()

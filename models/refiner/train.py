@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import sys
 import time
@@ -39,7 +38,7 @@ sys.path.insert(0, str(HERE.parent / "generator"))
 from anoncam import assets  # noqa: E402
 from anoncam.anonymize import facegen as fg  # noqa: E402
 from anoncam.anonymize.generative import Generative  # noqa: E402
-from common import Landmarker, pip_member  # noqa: E402
+from common import Landmarker, macs, pip_member  # noqa: E402
 
 CLIPS = {"franck": 8, "cap12": 3, "cap13": 2}  # clip -> every Nth frame
 MASK_SCALE = 1.4
@@ -106,21 +105,6 @@ class PatchD(nn.Module):
 
     def forward(self, x):
         return self.net(F.pad(x, (1, 2, 1, 2), mode="reflect"))[..., :x.shape[2] // 8, :x.shape[3] // 8]
-
-
-def macs(net: nn.Module, size: int = fg.SIZE) -> int:
-    total = 0
-
-    def hook(m, i, o):
-        nonlocal total
-        total += o.numel() * m.in_channels * m.kernel_size[0] * m.kernel_size[1] // m.groups
-
-    hs = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, nn.Conv2d)]
-    with torch.no_grad():
-        net(torch.zeros(1, 4, size, size))
-    for h in hs:
-        h.remove()
-    return total
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -281,7 +265,7 @@ def main(argv=None) -> int:
           f"({time.time() - t0:.0f} s)", flush=True)
     R, D = Refiner(), PatchD()
     print(f"refiner: {sum(p.numel() for p in R.parameters()) / 1e3:.0f} k parameters, "
-          f"{2 * macs(R) / 1e9:.2f} GFLOP per 128x128 face", flush=True)
+          f"{2 * macs(R, 4) / 1e9:.2f} GFLOP per 128x128 face", flush=True)
     opt_r = torch.optim.Adam(R.parameters(), lr=a.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=a.lr, betas=(0.5, 0.999))
     history: list[torch.Tensor] = []
