@@ -147,15 +147,19 @@ def test_no_outline_at_the_identity_edge(models, media):
     assert max(dips) < 2.0, np.round(dips, 1)
 
 
-def test_mirror_ring_reflects_across_the_edge():
-    """Known answer: around a circle of radius R, an image whose value is the radius gives, at
-    radius r inside the circle, 2R - r + margin (the pixel reflected across the edge)."""
-    size, r0 = 200, 60.0
-    c = np.float32([100, 100])
+def radius_image(size: int = 200, r0: float = 60.0):
+    """An image whose value is the distance to its centre, a 72-gon circle of radius r0 about it."""
+    c = np.float32([size / 2, size / 2])
     t = np.linspace(0, 2 * np.pi, 72, endpoint=False)
     poly = (c + r0 * np.stack([np.cos(t), np.sin(t)], 1)).astype(np.float32)
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
-    rad = np.hypot(xs - c[0], ys - c[1])
+    return np.hypot(xs - c[0], ys - c[1]), poly, r0
+
+
+def test_mirror_ring_reflects_across_the_edge():
+    """Known answer: around a circle of radius R, an image whose value is the radius gives, at
+    radius r inside the circle, 2R - r + margin (the pixel reflected across the edge)."""
+    rad, poly, r0 = radius_image()
     out = fg.mirror_ring(rad, poly, margin=1.0)
     ring = (rad > 35) & (rad < 58)
     assert np.abs(out[ring] - (2 * r0 - rad[ring] + 1.0)).max() < 0.6  # the polygon's chords only
@@ -331,12 +335,7 @@ def test_identity_skin_takes_the_face_skin_colour(models, media, dim):
 def test_mirror_ring_squeezed_reads_only_near_the_edge():
     """Known answer with squeeze 0.5: at radius r inside a circle of radius R, the pixel at
     R + 0.5 (R - r) + margin; so a ring of depth d reads no further than d / 2 past the edge."""
-    size, r0 = 200, 60.0
-    c = np.float32([100, 100])
-    t = np.linspace(0, 2 * np.pi, 72, endpoint=False)
-    poly = (c + r0 * np.stack([np.cos(t), np.sin(t)], 1)).astype(np.float32)
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
-    rad = np.hypot(xs - c[0], ys - c[1])
+    rad, poly, r0 = radius_image()
     out = fg.mirror_ring(rad, poly, margin=1.0, squeeze=0.5)
     ring = (rad > 35) & (rad < 58)
     assert np.abs(out[ring] - (r0 + 0.5 * (r0 - rad[ring]) + 1.0)).max() < 0.6
