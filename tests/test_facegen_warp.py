@@ -340,3 +340,52 @@ def test_mirror_ring_squeezed_reads_only_near_the_edge():
     ring = (rad > 35) & (rad < 58)
     assert np.abs(out[ring] - (r0 + 0.5 * (r0 - rad[ring]) + 1.0)).max() < 0.6
     assert out[ring].max() < r0 + 0.5 * 25 + 1.6
+
+
+def _eye_boxes(pts: np.ndarray, pad: int) -> np.ndarray:
+    """True inside each eye's bounding box grown by pad px."""
+    near = np.zeros((256, 256), bool)
+    for upper, lower in fg.EYE_LIDS:
+        lo, hi = pts[np.concatenate([upper, lower])].min(0), pts[np.concatenate([upper, lower])].max(0)
+        near[int(lo[1]) - pad:int(hi[1]) + pad + 1, int(lo[0]) - pad:int(hi[0]) + pad + 1] = True
+    return near
+
+
+def test_eyes_drawn_in_the_openings_alike(geo):
+    """draw_eyes puts a dark iris and pupil and a lighter sclera inside each opening of the mesh it is
+    given, the two irises placed alike (mirrored about the face's middle), and changes nothing away
+    from the eyes; a grey face gets grey eyes."""
+    img = np.full((256, 256, 3), 0.6, np.float32)
+    pts = geo.mean * np.float32(2.0)
+    out = fg.draw_eyes(img, pts, 2.0)
+    assert np.array_equal(out[~_eye_boxes(pts, 8)], img[~_eye_boxes(pts, 8)])
+    centres = []
+    for upper, lower in fg.EYE_LIDS:
+        inside = fg.poly_mask(np.concatenate([pts[upper], pts[lower[::-1]]]), 256) > 0.99
+        lum = out.mean(2)
+        assert inside.sum() > 40
+        assert lum[inside].min() < 0.1            # the pupil
+        assert (lum[inside] > 0.5).mean() > 0.2   # sclera on either side
+        dark = inside & (lum < 0.25)
+        ys, xs = np.nonzero(dark)
+        centres.append(np.float32([xs.mean(), ys.mean()]))
+    mid = (pts[33, 0] + pts[263, 0]) / 2  # the outer corners' middle
+    assert abs((centres[0][0] - mid) + (centres[1][0] - mid)) < 1.5  # mirrored across the face
+    assert abs(centres[0][1] - centres[1][1]) < 1.5
+    grey = fg.draw_eyes(img, pts, 2.0, keep=0.0)
+    assert np.abs(grey - grey.mean(2, keepdims=True)).max() < 1e-5
+
+
+def test_closed_eyes_get_only_the_lid_line(geo):
+    """Lids that meet (a blink) get a darker line along them and no iris or sclera."""
+    img = np.full((256, 256, 3), 0.6, np.float32)
+    pts = geo.mean * np.float32(2.0)
+    for upper, lower in fg.EYE_LIDS:
+        pts[lower[1:-1]] = pts[upper[1:-1]]  # the lower lid up against the upper one
+    out = fg.draw_eyes(img, pts, 2.0)
+    near = _eye_boxes(pts, 8)
+    lum = out.mean(2)
+    assert lum[near].min() < 0.45          # the line
+    assert lum[near].min() > 0.15          # no pupil
+    assert (lum[near] > 0.6 + 1e-4).sum() == 0  # no sclera brighter than the skin
+    assert np.array_equal(out[~near], img[~near])

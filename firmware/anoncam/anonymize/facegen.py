@@ -73,6 +73,12 @@ MIRROR_DOWN = (35.0, 65.0)  # degrees from straight down: smooth fill below the 
 # measured there only, on the original and on the identity alike: skin to skin, no hair, eyes,
 # brows, lips or backdrop in the statistics
 SKIN_OVAL = 0.95
+# draw_eyes: each eye's upper and lower lid, outer corner to inner (MediaPipe FACEMESH_RIGHT_EYE,
+# FACEMESH_LEFT_EYE), and the iris colours (BGR at skin brightness 0.6) an identity may get
+EYE_LIDS = ((np.array([33, 246, 161, 160, 159, 158, 157, 173, 133]), np.array([33, 7, 163, 144, 145, 153, 154, 155, 133])),
+            (np.array([263, 466, 388, 387, 386, 385, 384, 398, 362]), np.array([263, 249, 390, 373, 374, 380, 381, 382, 362])))
+IRIS_COLOURS = np.float32([[0.10, 0.15, 0.24], [0.12, 0.2, 0.3], [0.08, 0.12, 0.19], [0.13, 0.22, 0.3],
+                           [0.15, 0.22, 0.24], [0.24, 0.23, 0.21], [0.11, 0.18, 0.27], [0.09, 0.14, 0.2]])
 FEATURE_GROW = 1.2
 EYE_BROWS = (np.array([70, 63, 105, 66, 107, 55, 65, 52, 53, 46, 33, 7, 163, 144, 145, 153, 154, 155,
                        133, 173, 157, 158, 159, 160, 161, 246]),
@@ -674,6 +680,102 @@ def draw_lips(img: np.ndarray, pts: np.ndarray, s: float, keep: float = 1.0) -> 
     return out.astype(np.float32)
 
 
+def draw_eyes(img: np.ndarray, pts: np.ndarray, s: float, keep: float = 1.0,
+              iris: np.ndarray = IRIS_COLOURS[0]) -> np.ndarray:
+    """Both eyes drawn into the rendering `img` (BGR float 0..1) inside the openings of the mesh
+    `pts` (the 468 points in img px): sclera lit as the skin around the eye, shaded toward the
+    corners and under the upper lid; an iris of colour `iris` (BGR, at skin brightness 0.6) with a
+    darker rim, faint radial streaks and a pupil, resting on the lower lid and cut by the upper one,
+    both eyes looking the same way; one catchlight on the same side in both; a dark line along the
+    upper lid. A closed eye gets only the line. From the geometry and the rendering only (the
+    identity's own eyes, brightened with its skin by the recolouring, read pale and staring)."""
+    out = img
+    for upper, lower in EYE_LIDS:
+        out = _draw_eye(out, pts[upper], pts[lower], s, keep, iris)
+    return out
+
+
+def _draw_eye(img: np.ndarray, upper: np.ndarray, lower: np.ndarray, s: float, keep: float,
+              iris: np.ndarray) -> np.ndarray:
+    outer, inner = upper[0], upper[-1]
+    axis = inner - outer
+    w = float(np.linalg.norm(axis))
+    if w < 4.0:
+        return img
+    ax = axis / w
+    up = np.float32([ax[1], -ax[0]])  # toward the brow (image y grows downward)
+    if float(up[1]) > 0:
+        up = -up
+    h, wd = img.shape[:2]
+    lo, hi = np.minimum(upper.min(0), lower.min(0)), np.maximum(upper.max(0), lower.max(0))
+    pad = int(np.ceil(0.25 * w + 2 * s)) + 2
+    x0, y0 = max(0, int(lo[0]) - pad), max(0, int(lo[1]) - pad)
+    x1, y1 = min(wd, int(hi[0]) + pad + 1), min(h, int(hi[1]) + pad + 1)
+    if x1 - x0 < 4 or y1 - y0 < 4:
+        return img
+    off = np.float32([x0, y0])
+    U, L = upper - off, lower - off
+    ys, xs = np.mgrid[0:y1 - y0, 0:x1 - x0].astype(np.float32)
+    patch = img[y0:y1, x0:x1]
+    # the skin around the eye (its brightness lights the drawing)
+    opening = np.zeros(xs.shape, np.uint8)
+    cv2.fillPoly(opening, [np.round(np.concatenate([U, L[::-1]]) * 16).astype(np.int32)], 1,
+                 lineType=cv2.LINE_AA, shift=4)
+    around = (cv2.dilate(opening, np.ones((3, 3), np.uint8), iterations=max(2, int(round(0.12 * w))))
+              - opening) > 0
+    skin = np.median(patch[around], 0) if around.any() else patch.reshape(-1, 3).mean(0)
+    lum = float(np.clip(skin.mean(), 0.05, 1.0))
+    out = img.copy()
+    # lid line: dark along the upper lid (lashes), faint along the lower one
+    line = np.zeros(xs.shape, np.float32)
+    cv2.polylines(line, [np.round(U * 16).astype(np.int32)], False, 1.0, max(1, int(round(0.05 * w))),
+                  lineType=cv2.LINE_AA, shift=4)
+    low = np.zeros(xs.shape, np.float32)
+    cv2.polylines(low, [np.round(L * 16).astype(np.int32)], False, 1.0, max(1, int(round(0.025 * w))),
+                  lineType=cv2.LINE_AA, shift=4)
+    line = cv2.GaussianBlur(line, (0, 0), max(0.4, 0.4 * s))
+    low = cv2.GaussianBlur(low, (0, 0), max(0.4, 0.4 * s))
+    # opening height at the middle, across the axis
+    mid_u, mid_l = U[len(U) // 2], L[len(L) // 2]
+    gap = float(np.dot(mid_u - mid_l, up))
+    patch = patch * (1.0 - 0.55 * line[..., None]) * (1.0 - 0.2 * low[..., None])
+    if gap < 0.1 * w:  # closed or blinking
+        out[y0:y1, x0:x1] = patch
+        return out.astype(np.float32)
+    mask = cv2.GaussianBlur(opening.astype(np.float32), (0, 0), max(0.4, 0.35 * s))
+    # position along the axis (-1 outer corner .. 1 inner) and depth under the upper lid
+    c = (U[0] + U[-1]) / 2
+    u = ((xs - c[0]) * ax[0] + (ys - c[1]) * ax[1]) / (w / 2)
+    top = np.interp(u, ((U - c) @ ax) / (w / 2), (U - c) @ up).astype(np.float32)
+    depth = top - ((xs - c[0]) * up[0] + (ys - c[1]) * up[1])  # px below the upper lid
+    lid = 0.6 + 0.4 * _smooth(depth, 0.0, 0.3 * gap)
+    bright = float(np.clip(lum * 1.05 + 0.08, 0.2, 0.9))
+    # the light's colour, as the skin shows it, tints sclera and iris alike
+    cast = np.clip(skin / max(float(skin.mean()), 1e-3), 0.6, 1.6).astype(np.float32)
+    sclera = _desaturate((np.float32([0.88, 0.91, 0.94]) * cast ** 0.6)[None, None, :], keep)[0, 0] * bright
+    eye = sclera * ((1.0 - 0.35 * np.clip(u, -1, 1) ** 2) * lid)[..., None]
+    # the iris rests on the lower lid at the opening's middle; the upper lid cuts it
+    r = 0.2 * w
+    ic = mid_l + up * np.float32(0.92 * r) + ax * np.float32(0.04 * w)
+    dx, dy = xs - ic[0], ys - ic[1]
+    rr = np.sqrt(dx * dx + dy * dy) / r
+    ang = np.arctan2(dy, dx)
+    col = _desaturate((np.asarray(iris, np.float32) * cast)[None, None, :], keep)[0, 0] * np.float32(lum / 0.6)
+    streak = 1.0 + 0.12 * np.sin(ang * 23.0) * np.sin(ang * 7.0 + 1.3) * _smooth(rr, 0.4, 0.6)
+    shade = (1.0 - 0.45 * _smooth(rr, 0.75, 1.0)) * streak * lid
+    iris_img = col * shade[..., None]
+    pupil = _smooth(rr, 0.26, 0.32)[..., None]
+    iris_img = iris_img * pupil + np.float32(0.02 * lum / 0.6) * (1.0 - pupil)
+    inside = 1.0 - _smooth(rr, 0.97, 1.03)
+    eye = inside[..., None] * iris_img + (1.0 - inside[..., None]) * eye
+    # a catchlight up and to the image's left, the same in both eyes
+    g = np.exp(-(((xs - (ic[0] - 0.3 * r)) ** 2 + (ys - (ic[1] - 0.3 * r)) ** 2) / (0.09 * r) ** 2))
+    eye = eye + (g * 0.8 * bright * _smooth(depth, 0.0, 0.15 * gap))[..., None]
+    patch = mask[..., None] * np.minimum(eye, 1.0) + (1.0 - mask[..., None]) * patch
+    out[y0:y1, x0:x1] = patch
+    return out.astype(np.float32)
+
+
 def _magnify(img: np.ndarray, s: float, size: int, interp: int = cv2.INTER_LINEAR) -> np.ndarray:
     """A 128 px crop-frame image at s x its resolution (pixel p -> s p, as the scaled alignment)."""
     m = np.float32([[s, 0, 0], [0, s, 0]])
@@ -682,14 +784,16 @@ def _magnify(img: np.ndarray, s: float, size: int, interp: int = cv2.INTER_LINEA
 
 def render_sharp(geo: Geometry, p: Prepared, ctx: np.ndarray, pts: np.ndarray, mask_scale: float,
                  tex: np.ndarray, tex_scale: int, valid: np.ndarray, s: float,
-                 ring: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                 ring: tuple[np.ndarray, np.ndarray] | None = None, iris: np.ndarray = IRIS_COLOURS[0]
+                 ) -> np.ndarray:
     """classic_render at s x the crop's resolution: the identity sampled from its sharp texture
     (`tex`, canonical frame at tex_scale x 128 px) straight into the magnified crop, so a large face
     is not magnified from 128 px; the smooth fill and the recolouring gain, which hold no detail,
     come magnified from the 128 px crop. ctx: the frame aligned at s x (BGR uint8); pts: the face's
     mesh in the 128 px crop; valid: the identity's validity (canonical, 128 px); ring: (the frame
     outside the covered region, BGR float 0..1 premultiplied, and where it is known), aligned as ctx,
-    for ring_fill. Returns BGR float 0..1 of ctx's size."""
+    for ring_fill; iris: the drawn eyes' iris colour (draw_eyes; lips and mouth are drawn too).
+    Returns BGR float 0..1 of ctx's size."""
     size = ctx.shape[0]
     fill = _magnify(_smooth_fill(p.x), s, size)
     mx, my = p.maps
@@ -710,6 +814,7 @@ def render_sharp(geo: Geometry, p: Prepared, ctx: np.ndarray, pts: np.ndarray, m
     mesh = p.pts * np.float32(s)
     inner = draw_lips(soft * face + (1 - soft) * fill, mesh, s, p.keep)
     inner = draw_mouth(inner, mesh[INNER_LIPS], s, p.keep)
+    inner = draw_eyes(inner, mesh, s, p.keep, iris)
     poly = oval_polygon(pts * np.float32(s), mask_scale)
     cover = poly_mask(poly, size)[..., None]
     bg = ctx.astype(np.float32) / 255.0

@@ -464,7 +464,8 @@ class Generative:
         x = p.x
         if sharp is not None:
             y = fg.render_sharp(geo, p, sharp[0], pts, mask_scale, self.bank.filled(idx, sharp=True),
-                                self.bank.tex_scale, geo.id_valid, sharp[1], sharp[2])
+                                self.bank.tex_scale, geo.id_valid, sharp[1], sharp[2],
+                                iris=fg.IRIS_COLOURS[idx % len(fg.IRIS_COLOURS)])
         elif net is not None:
             y = net.run(x)[0][0].transpose(1, 2, 0)
         else:

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from ..config import Config, override
+from ..keys import identity_key
 from . import realism_run
 from .core import BASELINE, MethodRun, open_method
 from .faceapi import FaceApiNet
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--bank", type=Path, help="generative: an identity bank not (yet) in the manifest")
     ap.add_argument("--refiner", type=Path, help="generative: an experimental refiner ONNX (models/refiner)")
+    ap.add_argument("--identity-key", type=Path, help="a fixed identity key file (as `anonymize --identity-key`): "
+                    "runs compare like for like; without it each run draws a random key")
     a = ap.parse_args(argv)
     if a.bank:
         from ..anonymize import generative as G
@@ -62,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         pipe, why = open_method(name, cfg)
         if pipe is None:
             raise SystemExit(f"{name}: {why}")
+        if a.identity_key:
+            pipe.anonymizer.key = identity_key(a.identity_key.read_bytes())
         runs[name] = MethodRun(name, pipe)
     faces = subset(realism_run.held_out(inst, 40), a.faces)
     net = FaceApiNet(a.threads)
