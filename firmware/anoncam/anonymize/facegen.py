@@ -754,9 +754,10 @@ def _draw_eye(img: np.ndarray, upper: np.ndarray, lower: np.ndarray, s: float, k
     cast = np.clip(skin / max(float(skin.mean()), 1e-3), 0.6, 1.6).astype(np.float32)
     sclera = _desaturate((np.float32([0.88, 0.91, 0.94]) * cast ** 0.6)[None, None, :], keep)[0, 0] * bright
     eye = sclera * ((1.0 - 0.35 * np.clip(u, -1, 1) ** 2) * lid)[..., None]
-    # the iris rests on the lower lid at the opening's middle; the upper lid cuts it
-    r = 0.2 * w
-    ic = mid_l + up * np.float32(0.92 * r) + ax * np.float32(0.04 * w)
+    # the iris rests on the lower lid at the opening's middle and the upper lid cuts it; in a wide
+    # opening it is a little larger and rises to stay under the upper lid (no white above it: a stare)
+    r = float(np.clip(0.42 * gap, 0.2 * w, 0.23 * w))
+    ic = mid_l + up * np.float32(max(0.92 * r, gap - 0.85 * r)) + ax * np.float32(0.04 * w)
     dx, dy = xs - ic[0], ys - ic[1]
     rr = np.sqrt(dx * dx + dy * dy) / r
     ang = np.arctan2(dy, dx)
