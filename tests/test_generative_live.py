@@ -159,7 +159,8 @@ def test_guard_blurs_a_track_that_reads_close(franck, monkeypatch):
     # blurred; the identity drawn into the face reads low: drawn again; a late reading: blurred
     g, lm, tid = gen.Generative(), faces[1][0].landmarks, faces[1][0].track_id
     g.prepare()
-    assert g.identity(key, tid, franck[1], lm) == idx
+    # the same identity from the track's first sighting (the choice depends on that frame)
+    assert g.identity(key, tid, franck[0], faces[0][0].landmarks) == idx
     before, local = neighbourhood(franck[1], lm)
     poly_px = float(np.ptp(lm, axis=0).max())
     h, w = franck[1].shape[:2]
