@@ -389,3 +389,50 @@ def test_closed_eyes_get_only_the_lid_line(geo):
     assert lum[near].min() > 0.15          # no pupil
     assert (lum[near] > 0.6 + 1e-4).sum() == 0  # no sclera brighter than the skin
     assert np.array_equal(out[~near], img[~near])
+
+
+def test_bank_depth_is_a_face(geo):
+    """The canonical depth (models/generator/build_depth.py) is a face: the nose tip nearest the
+    camera, the eye corners behind it, the sides of the face furthest; its normals face left on the
+    left of the face, right on the right, and the camera in the middle."""
+    z = geo.depth
+    assert z[1] < min(z[33], z[263]) - 5 and max(z[33], z[263]) < min(z[234], z[454]) - 5
+    n = geo.normals
+    (lx, ly), (rx, ry) = np.round(geo.mean[[234, 454]] * [[0.9], [0.9]] + geo.mean.mean(0) * 0.1).astype(int)
+    cx, cy = np.round(geo.mean[[6]].mean(0)).astype(int)  # between the eyes
+    assert n[ly, lx, 0] < -0.3 and n[ry, rx, 0] > 0.3
+    assert n[cy, cx, 2] < -0.9
+
+
+def test_head_rotation_recovers_a_turn(geo):
+    for yaw in (-30.0, 0.0, 25.0):
+        a = np.radians(yaw)
+        r = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+        p3 = np.c_[geo.mean, geo.depth] - np.r_[geo.mean.mean(0), 0]
+        pts = (p3 @ r.T)[:, :2] * 1.1 + 64
+        got = fg.head_rotation(pts.astype(np.float32), geo.mean, geo.depth)
+        assert abs(np.degrees(np.arctan2(got[0, 2], got[0, 0])) - yaw) < 2.0, yaw
+
+
+def test_relighting_takes_the_originals_light_not_its_detail(geo):
+    """A flat-lit face relights a flat identity by ~1 everywhere; a face lit from one side by a
+    known light relights it by that light's shading (normalized over the skin), whatever the
+    original's own detail; a side light darkens the far side."""
+    maps = geo.maps(geo.mean)
+    skin = fg.skin_mask(geo.mean)
+    flat_id = np.full((128, 128, 3), 150, np.uint8)
+    flat = fg.face_shading(geo, flat_id, geo.mean, maps, skin, flat_id)
+    sel = (skin > 0.5) & (maps[0] > -999)
+    assert np.abs(flat[sel] - 1).max() < 0.02
+    light = np.float32([1.0, 0.5, -0.2, -0.8])  # from the image's right (the subject's left), above, front
+    true = fg.shading(light, geo.normals)
+    rng = np.random.default_rng(0)
+    detail = rng.uniform(0.85, 1.15, (128, 128, 1))  # the original's own texture: must not come through
+    lit = np.clip(120 * true[..., None] * detail, 0, 255).astype(np.uint8).repeat(3, 2)
+    got = fg.face_shading(geo, lit, geo.mean, maps, skin, flat_id)
+    want = np.clip(true / true[sel].mean(), *fg.SHADE_RANGE)
+    assert np.abs(got[sel] - want[sel]).max() < 0.06
+    assert np.std(got[sel] - want[sel]) < 0.02
+    left, right = sel.copy(), sel.copy()
+    left[:, 64:], right[:, :64] = False, False
+    assert got[left].mean() < got[right].mean() - 0.1

@@ -18,6 +18,7 @@ Nothing else of the original face reaches the generator.
 """
 from __future__ import annotations
 
+import threading
 import warnings
 from typing import NamedTuple
 
@@ -57,6 +58,8 @@ LIP_ALPHA = 0.9     # ... how much of it is applied
 SLIT_DARK = 0.45    # ... darkening along the line between the lips and at the corners
 CORNER_PAST = 0.02  # ... that line carried past each corner, over the mouth's width
 RING_SCALES = (1.45, 2.2)
+SHADE_RANGE = (0.45, 1.5)  # relighting (face_shading): the ratio's limits
+NORMAL_SOFT = 3.5   # canonical px: the depth map is smoothed this much before its normals are taken
 RING_MIRROR = True  # render_sharp: the covered ring outside the face is the surroundings reflected in
 MOUTH_OPEN = 1.5    # crop px: inner lips closer than this are a closed mouth (draw_mouth)
 MOUTH_DARK = 0.3    # the cavity's brightness over the lips'
@@ -331,7 +334,7 @@ def upsample_grid(g: np.ndarray, size: int = SIZE) -> np.ndarray:
 class Geometry:
     """The canonical frame of an identity bank: mean shape, triangles, identity-validity mask."""
 
-    def __init__(self, mean_shape: np.ndarray, tris: np.ndarray):
+    def __init__(self, mean_shape: np.ndarray, tris: np.ndarray, depth: np.ndarray | None = None):
         self.mean = mean_shape.astype(np.float32)
         self.mean_ring = with_ring(self.mean)
         self.tris = tris.astype(np.int32)
@@ -343,6 +346,26 @@ class Geometry:
         self._located = locate(self.mean_ring, self.mean_ring, self.tris, use=self.face_tris)
         self._inner = poly_mask(oval_polygon(self.mean, INNER_BAND)) > 0.5
         self._features = poly_mask(cv2.convexHull(self.mean[FEATURES]).reshape(-1, 2)) > 0.5
+        # the canonical face's depth and normals (relighting: face_shading); None: no relighting
+        self.depth = None if depth is None else depth.astype(np.float32)
+        self.normals = None if depth is None else normal_map(*depth_map(self.mean, self.depth, self.tris))
+        self._lights: dict[int, tuple] = {}  # identity_light's, by texture
+        self._lights_lock = threading.Lock()  # the frame loop and the choosing worker both render
+
+    def identity_light(self, tex: np.ndarray) -> np.ndarray | None:
+        """fit_light on an identity texture (canonical, frontal) over its skin; kept per texture."""
+        key = id(tex)
+        with self._lights_lock:
+            hit = self._lights.get(key)
+        if hit is not None and hit[0] is tex:
+            return hit[1]
+        skin = (skin_mask(self.mean) * (self.id_valid > 0.99))[::2, ::2]
+        c = fit_light(tex[::2, ::2].astype(np.float32).mean(2) / 255.0, self.normals[::2, ::2], skin)
+        with self._lights_lock:
+            while len(self._lights) >= 64:
+                self._lights.pop(next(iter(self._lights)))
+            self._lights[key] = (tex, c)
+        return c
 
     def align(self, landmarks: np.ndarray) -> np.ndarray:
         """2x3 similarity from frame pixels to the canonical crop."""
@@ -401,6 +424,7 @@ class Prepared(NamedTuple):
     gain: np.ndarray    # 128x128x3 recolouring gain
     keep: float         # colour kept (1: all; grey faces get grey identities)
     corr: np.ndarray    # BGR gain after that: the identity's mean skin colour -> the face's
+    shade: np.ndarray | None = None  # 128x128 shading ratio from the mesh's normals (1: none)
 
 
 def prepare(geo: Geometry, crop: np.ndarray, pts: np.ndarray, id_tex: np.ndarray, mask_scale: float,
@@ -421,8 +445,14 @@ def prepare(geo: Geometry, crop: np.ndarray, pts: np.ndarray, id_tex: np.ndarray
         mouth = np.concatenate([UPPER_INNER, LOWER_INNER, [61, 291]])
         off[mouth] = off[np.concatenate([OUTER_LIPS, mouth])].mean(0)
         pts = pts + off
+    face_pts = pts
     maps = geo.maps(pts)
     warped, valid = geo.from_canonical(id_tex, pts, id_valid, maps)
+    # relit first: the original's lighting over the identity's own, from the canonical face's
+    # normals turned as the head is (4 numbers of the original, no detail of it)
+    shade = None if geo.normals is None else face_shading(geo, crop, face_pts, maps, face_skin, id_tex)
+    if shade is not None:
+        warped = np.clip(warped.astype(np.float32) * shade[..., None], 0, 255)
     id_skin = valid * skin_mask(pts)
     id_cells = light_grid(warped, id_skin)
     # per-cell gains about the overall one, limited to GAIN_SPREAD either way: a cell whose means
@@ -444,7 +474,7 @@ def prepare(geo: Geometry, crop: np.ndarray, pts: np.ndarray, id_tex: np.ndarray
     tex *= valid[..., None]
     ctx = crop.astype(np.float32) / 255.0 * (1.0 - cover[..., None])
     x = np.concatenate([tex, valid[..., None], grid, ctx, cover[..., None]], 2)
-    return Prepared(np.ascontiguousarray(x.transpose(2, 0, 1)[None]), cover, pts, maps, gain, keep, corr)
+    return Prepared(np.ascontiguousarray(x.transpose(2, 0, 1)[None]), cover, pts, maps, gain, keep, corr, shade)
 
 
 def generator_input(geo: Geometry, crop: np.ndarray, pts: np.ndarray, id_tex: np.ndarray,
@@ -809,6 +839,8 @@ def render_sharp(geo: Geometry, p: Prepared, ctx: np.ndarray, pts: np.ndarray, m
     v = cv2.remap(valid, hx, hy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     v *= 1.0 - poly_mask(p.pts[INNER_LIPS] * np.float32(s), size)
     gain = _magnify(p.gain, s, size)
+    if p.shade is not None:
+        gain = gain * _magnify(p.shade, s, size)[..., None]
     face = _desaturate(np.clip(warped.astype(np.float32) / 255.0 * gain, 0.0, 1.0), p.keep)
     face = np.clip(face * p.corr, 0.0, 1.0)
     soft = np.minimum(cv2.GaussianBlur(v, (0, 0), 2.5 * s), v)[..., None]
@@ -897,3 +929,109 @@ def blend_bands(a: np.ndarray, b: np.ndarray, mask: np.ndarray, levels: int = 5)
         m = gm[k][..., None] if a.ndim == 3 else gm[k]
         out = cv2.pyrUp(out, dstsize=size) + la * m + lb * (1 - m)
     return out
+
+
+# lighting from the mesh ---------------------------------------------------------------------------
+
+def depth_map(mean: np.ndarray, depth: np.ndarray, tris: np.ndarray, size: int = SIZE
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """The canonical face's depth (crop px, negative toward the camera), linear over the mesh's
+    triangles, and where the mesh covers the canonical frame."""
+    z = np.zeros((size, size), np.float32)
+    w = np.zeros((size, size), np.float32)
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    for t in tris:
+        if (t >= len(depth)).any():
+            continue
+        p = mean[t]
+        x0, y0 = np.floor(p.min(0)).astype(int)
+        x1, y1 = np.ceil(p.max(0)).astype(int) + 1
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, size), min(y1, size)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        px, py = xs[y0:y1, x0:x1], ys[y0:y1, x0:x1]
+        (ax, ay), (bx, by), (cx, cy) = p
+        den = (by - cy) * (ax - cx) + (cx - bx) * (ay - cy)
+        if abs(den) < 1e-6:
+            continue
+        l1 = ((by - cy) * (px - cx) + (cx - bx) * (py - cy)) / den
+        l2 = ((cy - ay) * (px - cx) + (ax - cx) * (py - cy)) / den
+        l3 = 1 - l1 - l2
+        inside = (l1 >= -1e-3) & (l2 >= -1e-3) & (l3 >= -1e-3)
+        val = l1 * depth[t[0]] + l2 * depth[t[1]] + l3 * depth[t[2]]
+        z[y0:y1, x0:x1][inside] = val[inside]
+        w[y0:y1, x0:x1][inside] = 1.0
+    return z, w
+
+
+def normal_map(z: np.ndarray, w: np.ndarray, sigma: float = NORMAL_SOFT) -> np.ndarray:
+    """Unit surface normals of the depth map (x right, y down, z away from the camera; facing the
+    camera: nz < 0) where it is known (w), carried smoothly past its edge."""
+    k = (cv2.erode(w, np.ones((5, 5), np.uint8)) > 0.5).astype(np.float32)
+    zs = cv2.GaussianBlur(z * k, (0, 0), sigma) / np.maximum(cv2.GaussianBlur(k, (0, 0), sigma), 1e-3)
+    gx = cv2.Sobel(zs, cv2.CV_32F, 1, 0, ksize=3) / 8.0
+    gy = cv2.Sobel(zs, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+    n = np.dstack([gx, gy, -np.ones_like(zs)])
+    n /= np.linalg.norm(n, axis=2, keepdims=True)
+    k2 = (cv2.erode(k, np.ones((5, 5), np.uint8)) > 0.5).astype(np.float32)
+    n = fill_smooth(n * k2[..., None], k2) * (1 - k2[..., None]) + n * k2[..., None]
+    return n / np.maximum(np.linalg.norm(n, axis=2, keepdims=True), 1e-6)
+
+
+def head_rotation(pts: np.ndarray, mean: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """3x3 rotation of the canonical face seen as `pts` (crop px): a scaled-orthographic fit."""
+    p3 = np.c_[mean, depth, np.ones(len(depth))].astype(np.float64)
+    a, *_ = np.linalg.lstsq(p3, pts[:len(depth)].astype(np.float64), rcond=None)
+    r1 = a[:3, 0] / np.linalg.norm(a[:3, 0])
+    r2 = a[:3, 1] - r1 * (r1 @ a[:3, 1])
+    r2 /= np.linalg.norm(r2)
+    return np.stack([r1, r2, np.cross(r1, r2)]).astype(np.float32)
+
+
+def fit_light(lum: np.ndarray, normals: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    """Lambert-like lighting (c0 + c . n) fitted to the luminance over the mask (robust, 2 rounds
+    of trimming); None with too few pixels."""
+    sel = mask > 0.5
+    if sel.sum() < 64:
+        return None
+    a = np.c_[np.ones(int(sel.sum())), normals[sel]].astype(np.float64)
+    y = lum[sel].astype(np.float64)
+    keep = np.ones(len(y), bool)
+    for _ in range(3):
+        c, *_ = np.linalg.lstsq(a[keep], y[keep], rcond=None)
+        r = y - a @ c
+        keep = np.abs(r) < 2.5 * max(np.std(r[keep]), 1e-4)
+    return c.astype(np.float32)
+
+
+def shading(c: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """The fitted lighting (fit_light) at each normal."""
+    return c[0] + normals @ c[1:]
+
+
+def face_shading(geo: Geometry, crop: np.ndarray, pts: np.ndarray, maps: tuple, face_skin: np.ndarray,
+                 id_tex: np.ndarray) -> np.ndarray | None:
+    """Relighting: the original's lighting (4 numbers fitted over its skin against the canonical
+    face's normals, turned as the head is) over the identity's own (fitted the same way on its
+    canonical texture, frontal): a shading ratio about 1 on the mesh (128x128), or None."""
+    mx, my = maps
+    inside = mx > -999
+    nc = cv2.remap(geo.normals, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    rot = head_rotation(pts, geo.mean, geo.depth)
+    n = nc @ rot.T
+    n /= np.maximum(np.linalg.norm(n, axis=2, keepdims=True), 1e-6)
+    # fitted on every second pixel each way (4 numbers need no more)
+    lum = crop[::2, ::2].astype(np.float32).mean(2) / 255.0
+    c = fit_light(lum, n[::2, ::2], (face_skin * inside)[::2, ::2])
+    cid = geo.identity_light(id_tex)
+    if c is None or cid is None:
+        return None
+    sh = shading(c, n)
+    shi = shading(cid, nc)
+    sel = (face_skin > 0.5) & inside
+    ref, refi = float(sh[sel].mean()), float(shi[sel].mean())
+    if ref <= 1e-3 or refi <= 1e-3:
+        return None
+    r = np.clip((sh / ref) / np.maximum(shi / refi, 0.2), *SHADE_RANGE)
+    return np.where(inside, r, 1.0).astype(np.float32)
+

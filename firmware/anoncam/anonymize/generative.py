@@ -91,7 +91,7 @@ STALE = 50          # a choice whose track was not drawn in the last this many l
 class IdentityBank:
     def __init__(self, path: Path):
         d = np.load(path, allow_pickle=False)
-        self.geo = fg.Geometry(d["mean_shape"], d["tris"])
+        self.geo = fg.Geometry(d["mean_shape"], d["tris"], d["depth"] if "depth" in d else None)
         jpeg, off = d["jpeg"], d["offsets"]
         self.textures = [cv2.imdecode(jpeg[off[i]:off[i + 1]], cv2.IMREAD_COLOR) for i in range(len(off) - 1)]
         # sharp textures (tex_scale x 128 px), decoded when a track takes the identity
