@@ -392,7 +392,7 @@ def test_closed_eyes_get_only_the_lid_line(geo):
 
 
 def test_bank_depth_is_a_face(geo):
-    """The canonical depth (models/generator/build_depth.py) is a face: the nose tip nearest the
+    """The canonical depth (models/generator/build_geometry.py) is a face: the nose tip nearest the
     camera, the eye corners behind it, the sides of the face furthest; its normals face left on the
     left of the face, right on the right, and the camera in the middle."""
     z = geo.depth
@@ -436,3 +436,44 @@ def test_relighting_takes_the_originals_light_not_its_detail(geo):
     left, right = sel.copy(), sel.copy()
     left[:, 64:], right[:, :64] = False, False
     assert got[left].mean() < got[right].mean() - 0.1
+
+
+def _posed(geo, yaw: float, scale: float, shift) -> np.ndarray:
+    a = np.radians(yaw)
+    r = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+    p3 = np.c_[geo.mean, geo.depth] - np.r_[geo.mean.mean(0), 0]
+    return ((p3 @ r.T)[:, :2] * scale + shift).astype(np.float32)
+
+
+def test_expression_kept_own_face_shape_dropped(geo):
+    """expression_only keeps how a face moves (a mode of the bank's expression basis) and drops an
+    offset outside the basis (a face's own proportions), under a turned head."""
+    b = geo.expression
+    assert np.allclose(b @ b.T, np.eye(len(b)), atol=1e-4)
+    rng = np.random.default_rng(1)
+    for yaw in (-20.0, 0.0, 15.0):
+        base = _posed(geo, yaw, 1.1, (66, 63))
+        assert np.sqrt(((fg.expression_only(geo, base) - base) ** 2).mean()) < 0.3
+        move = (b[0] + 0.5 * b[2]).reshape(-1, 2) * 40.0  # a few px at the moving points
+        got = fg.expression_only(geo, base + move)
+        rms = lambda d: float(np.sqrt((d ** 2).mean()))
+        assert rms(got - (base + move)) < 0.25 * rms(move)
+        own = rng.standard_normal(b.shape[1])
+        own -= b.T @ (b @ own)
+        own = own.reshape(-1, 2) * (2.0 / np.sqrt((own ** 2).mean()))  # 2 px rms of face shape
+        got = fg.expression_only(geo, base + own)
+        assert rms(got - base) < 0.25 * rms(own)
+
+
+def test_flawed_identities_are_never_candidates(models):
+    """The bank marks identities whose texture carries scars or glasses rims (curate.py); at every
+    age and gender the choice's candidates leave them out and still number 12."""
+    bank = IdentityBank(assets.model_path("generator_identities"))
+    assert len(bank.flawed) >= 1
+    seen = set()
+    for male in (0.05, 0.95):
+        for age in range(2, 90, 4):
+            ids = set(int(i) for i in bank.candidates(float(age), male))
+            assert len(ids) == 12 and not ids & bank.flawed, (age, male, ids & bank.flawed)
+            seen |= ids
+    assert len(seen) > 24  # the rest of the bank stays in use

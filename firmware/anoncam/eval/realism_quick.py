@@ -15,6 +15,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import yaml
 
 from ..config import Config, override
 from ..keys import identity_key
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--refiner", type=Path, help="generative: an experimental refiner ONNX (models/refiner)")
     ap.add_argument("--identity-key", type=Path, help="a fixed identity key file (as `anonymize --identity-key`): "
                     "runs compare like for like; without it each run draws a random key")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config setting for every method, e.g. anonymize.generative_mask_scale=1.5 (repeatable)")
     a = ap.parse_args(argv)
     if a.bank:
         from ..anonymize import generative as G
@@ -58,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         G.GENERATIVE.refiner = open_model(a.refiner, "onnx", threads=a.threads)
     t0 = time.time()
     cv2.setNumThreads(a.threads)
-    cfg = override(Config(), **{"runtime.threads": a.threads})
+    sets = dict(kv.split("=", 1) for kv in a.set)
+    cfg = override(Config(), **{"runtime.threads": a.threads, **{k: yaml.safe_load(v) for k, v in sets.items()}})
     inst = Instruments(a.threads)
     runs = {BASELINE: MethodRun(BASELINE, None)}
     for name in a.methods.split(","):

