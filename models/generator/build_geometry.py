@@ -22,7 +22,6 @@ generator_identities' sha256 and size in models/manifest.yaml.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from anoncam.anonymize import facegen as fg  # noqa: E402
 from anoncam.anonymize.generative import IdentityBank  # noqa: E402
 from anoncam.backends import open_model  # noqa: E402
 from anoncam.detect.facemesh import SIZE, FaceMesh  # noqa: E402
-from common import HERE, sha256  # noqa: E402
+from common import bank_arg, rewrite_bank  # noqa: E402
 
 
 def mesh_depth(mesh: FaceMesh, tex: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, float]:
@@ -91,19 +90,14 @@ def add_geometry(path: Path) -> np.ndarray:
     depth = (depth - depth.mean()).astype(np.float32)
     geo = fg.Geometry(bank.geo.mean, bank.geo.tris, depth)
     expression = expression_basis(geo)
-    with np.load(path, allow_pickle=False) as d:
-        arrays = {k: d[k] for k in d.files if k not in ("depth", "expression")}
-    np.savez(path, **arrays, depth=depth, expression=expression)
+    out = rewrite_bank(path, depth=depth, expression=expression)
     print(f"depth from {len(zs)} identities (landmark error median {np.median(errs):.2f} px, spread of "
-          f"depth across them {np.median(np.std(zs, 0)):.2f} px) -> {path} (sha256 {sha256(path.read_bytes())}, "
-          f"{path.stat().st_size} bytes)")
+          f"depth across them {np.median(np.std(zs, 0)):.2f} px) -> {out}")
     return depth
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bank", type=Path, default=HERE / "identities.npz")
-    add_geometry(ap.parse_args().bank)
+    add_geometry(bank_arg())
 
 
 if __name__ == "__main__":

@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from anoncam import assets  # noqa: E402
 from anoncam.anonymize import facegen as fg  # noqa: E402
 from build_geometry import add_geometry  # noqa: E402
-from curate import FLAWED, add_flawed  # noqa: E402
 from common import HERE, AgeGender, Landmarker, pip_member, sha256  # noqa: E402
+from curate import FLAWED, add_flawed  # noqa: E402
 
 DCGAN = ("gan-face-generate", "1.1.1", "gan_face_generate/weights.tar",
          "0c3b90b138cfc4e8a73310b9fd5ce2a8f1f3a542a037de277412307fcd28771f")

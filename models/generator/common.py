@@ -66,6 +66,23 @@ def sha256(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
 
 
+def rewrite_bank(path: Path, **arrays) -> str:
+    """Replace or add `arrays` in the identity bank at path, every other array unchanged; returns
+    a line with its new sha256 and size (for models/manifest.yaml)."""
+    with np.load(path, allow_pickle=False) as d:
+        kept = {k: d[k] for k in d.files if k not in arrays}
+    np.savez(path, **kept, **arrays)
+    return f"{path} (sha256 {sha256(path.read_bytes())}, {path.stat().st_size} bytes)"
+
+
+def bank_arg() -> Path:
+    """The --bank option of the bank's finishing recipes (default: the shipped bank)."""
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bank", type=Path, default=HERE / "identities.npz")
+    return ap.parse_args().bank
+
+
 def macs(net, channels: int, size: int = 128) -> int:
     """Multiply-accumulates of a torch net's convolutions on one channels x size x size input."""
     import torch

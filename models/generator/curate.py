@@ -11,14 +11,13 @@ sha256 and size in models/manifest.yaml.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import HERE, sha256  # noqa: E402
+from common import bank_arg, rewrite_bank  # noqa: E402
 
 FLAWED = {
     13: "rims of glasses around both eyes",
@@ -32,17 +31,11 @@ FLAWED = {
 
 
 def add_flawed(path: Path, flawed: dict[int, str] = FLAWED) -> None:
-    with np.load(path, allow_pickle=False) as d:
-        arrays = {k: d[k] for k in d.files if k != "flawed"}
-    np.savez(path, **arrays, flawed=np.int32(sorted(flawed)))
-    print(f"{len(flawed)} flawed identities marked -> {path} (sha256 {sha256(path.read_bytes())}, "
-          f"{path.stat().st_size} bytes)")
+    print(f"{len(flawed)} flawed identities marked -> {rewrite_bank(path, flawed=np.int32(sorted(flawed)))}")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bank", type=Path, default=HERE / "identities.npz")
-    add_flawed(ap.parse_args().bank)
+    add_flawed(bank_arg())
 
 
 if __name__ == "__main__":

@@ -441,10 +441,12 @@ def prepare(geo: Geometry, crop: np.ndarray, pts: np.ndarray, id_tex: np.ndarray
     face_skin *= ~_off_skin(crop, face_skin)  # hair, beard, glasses on the original's skin
     face_cells = light_grid(crop, face_skin)
     face_pts = pts
+    # the head's rotation against the canonical 3D face (for expression_only and face_shading)
+    rot = None if geo.depth is None else head_rotation(face_pts, geo.mean, geo.depth)
     off = np.zeros_like(pts)
     if geo.expression is not None:
         # the original's own face shape is not drawn, only its pose and expression ...
-        off += expression_only(geo, pts) - pts
+        off += expression_only(geo, pts, rot) - pts
     if id_shape is not None and pull:
         # ... and the identity's own shape is
         off += np.float32(pull) * (id_shape.astype(np.float32) - geo.mean)
@@ -459,7 +461,7 @@ def prepare(geo: Geometry, crop: np.ndarray, pts: np.ndarray, id_tex: np.ndarray
     warped, valid = geo.from_canonical(id_tex, pts, id_valid, maps)
     # relit first: the original's lighting over the identity's own, from the canonical face's
     # normals turned as the head is (4 numbers of the original, no detail of it)
-    shade = None if geo.normals is None else face_shading(geo, crop, face_pts, maps, face_skin, id_tex)
+    shade = None if geo.normals is None else face_shading(geo, crop, face_pts, maps, face_skin, id_tex, rot)
     if shade is not None:
         warped = np.clip(warped.astype(np.float32) * shade[..., None], 0, 255)
     id_skin = valid * skin_mask(pts)
@@ -945,32 +947,16 @@ def blend_bands(a: np.ndarray, b: np.ndarray, mask: np.ndarray, levels: int = 5)
 def depth_map(mean: np.ndarray, depth: np.ndarray, tris: np.ndarray, size: int = SIZE
               ) -> tuple[np.ndarray, np.ndarray]:
     """The canonical face's depth (crop px, negative toward the camera), linear over the mesh's
-    triangles, and where the mesh covers the canonical frame."""
-    z = np.zeros((size, size), np.float32)
-    w = np.zeros((size, size), np.float32)
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
-    for t in tris:
-        if (t >= len(depth)).any():
-            continue
-        p = mean[t]
-        x0, y0 = np.floor(p.min(0)).astype(int)
-        x1, y1 = np.ceil(p.max(0)).astype(int) + 1
-        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, size), min(y1, size)
-        if x0 >= x1 or y0 >= y1:
-            continue
-        px, py = xs[y0:y1, x0:x1], ys[y0:y1, x0:x1]
-        (ax, ay), (bx, by), (cx, cy) = p
-        den = (by - cy) * (ax - cx) + (cx - bx) * (ay - cy)
-        if abs(den) < 1e-6:
-            continue
-        l1 = ((by - cy) * (px - cx) + (cx - bx) * (py - cy)) / den
-        l2 = ((cy - ay) * (px - cx) + (ax - cx) * (py - cy)) / den
-        l3 = 1 - l1 - l2
-        inside = (l1 >= -1e-3) & (l2 >= -1e-3) & (l3 >= -1e-3)
-        val = l1 * depth[t[0]] + l2 * depth[t[1]] + l3 * depth[t[2]]
-        z[y0:y1, x0:x1][inside] = val[inside]
-        w[y0:y1, x0:x1][inside] = 1.0
-    return z, w
+    triangles (rasterized by `locate`), and where the mesh covers the canonical frame."""
+    use = (tris < len(depth)).all(1)
+    ring = with_ring(mean)
+    pix, tri, w = locate(ring, ring, tris, size, use=use)
+    v = tris[tri]
+    z = np.zeros(size * size, np.float32)
+    known = np.zeros(size * size, np.float32)
+    z[pix] = w[0] * depth[v[:, 0]] + w[1] * depth[v[:, 1]] + w[2] * depth[v[:, 2]]
+    known[pix] = 1.0
+    return z.reshape(size, size), known.reshape(size, size)
 
 
 def normal_map(z: np.ndarray, w: np.ndarray, sigma: float = NORMAL_SOFT) -> np.ndarray:
@@ -1019,14 +1005,16 @@ def shading(c: np.ndarray, normals: np.ndarray) -> np.ndarray:
 
 
 def face_shading(geo: Geometry, crop: np.ndarray, pts: np.ndarray, maps: tuple, face_skin: np.ndarray,
-                 id_tex: np.ndarray) -> np.ndarray | None:
+                 id_tex: np.ndarray, rot: np.ndarray | None = None) -> np.ndarray | None:
     """Relighting: the original's lighting (4 numbers fitted over its skin against the canonical
     face's normals, turned as the head is) over the identity's own (fitted the same way on its
-    canonical texture, frontal): a shading ratio about 1 on the mesh (128x128), or None."""
+    canonical texture, frontal): a shading ratio about 1 on the mesh (128x128), or None. rot: the
+    head's rotation (head_rotation of pts) when already known."""
     mx, my = maps
     inside = mx > -999
     nc = cv2.remap(geo.normals, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    rot = head_rotation(pts, geo.mean, geo.depth)
+    if rot is None:
+        rot = head_rotation(pts, geo.mean, geo.depth)
     n = nc @ rot.T
     n /= np.maximum(np.linalg.norm(n, axis=2, keepdims=True), 1e-6)
     # fitted on every second pixel each way (4 numbers need no more)
@@ -1046,20 +1034,22 @@ def face_shading(geo: Geometry, crop: np.ndarray, pts: np.ndarray, maps: tuple, 
 
 
 
-def expression_only(geo: Geometry, pts: np.ndarray) -> np.ndarray:
+def expression_only(geo: Geometry, pts: np.ndarray, rot: np.ndarray | None = None) -> np.ndarray:
     """The mesh `pts` (crop px) with the face's own shape taken out: the canonical 3D face under the
     head's pose (pose_projection) plus only the part of the rest that lies in the expression basis
-    (how a face moves: models/generator/build_geometry.py)."""
-    proj = pose_projection(pts, geo.mean, geo.depth)
+    (how a face moves: models/generator/build_geometry.py). rot: as pose_projection."""
+    proj = pose_projection(pts, geo.mean, geo.depth, rot)
     r = (pts[:len(geo.depth)] - proj).reshape(-1)
     return (proj + (geo.expression.T @ (geo.expression @ r)).reshape(-1, 2)).astype(np.float32)
 
 
-def pose_projection(pts: np.ndarray, mean: np.ndarray, depth: np.ndarray) -> np.ndarray:
+def pose_projection(pts: np.ndarray, mean: np.ndarray, depth: np.ndarray, rot: np.ndarray | None = None
+                    ) -> np.ndarray:
     """The canonical 3D face (mean shape and depth) under the head's pose as seen in `pts` (crop px):
-    rotation (head_rotation), one scale and a shift fitted by least squares."""
+    rotation (head_rotation, unless given as rot), one scale and a shift fitted by least squares."""
     n = len(depth)
-    rot = head_rotation(pts, mean, depth)
+    if rot is None:
+        rot = head_rotation(pts, mean, depth)
     p3 = np.c_[mean, depth].astype(np.float64)
     p3 -= p3.mean(0)
     q = p3 @ rot[:2].T.astype(np.float64)
