@@ -194,6 +194,41 @@ def test_ring_reads_nothing_under_the_cover(models, media):
     assert (ring[cover].std(0) > 0.05).all()  # and it is texture, not one flat colour
 
 
+def test_ring_takes_its_own_colours_where_the_reflection_departs():
+    """The ring's colours are its own (low-passed): a bright backdrop reflected over dark hair (top)
+    gives way to them with only fine texture left; where the reflection is of the ring's own colours
+    (sides) it stays as it is, texture and all; below the chin, the ring's own colours."""
+    n = 256
+    t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+    poly = np.stack([128 + 60 * np.cos(t), 128 + 60 * np.sin(t)], 1).astype(np.float32)
+    cover = fg.poly_mask(poly, n) > 0.5
+    rng = np.random.default_rng(0)
+    img = np.full((n, n, 3), 0.25, np.float32) + rng.normal(0, 0.05, (n, n, 1)).astype(np.float32)
+    img[:60] = 0.9  # a bright backdrop above the covered edge
+    known = (~cover).astype(np.float32)
+    src = img * known[..., None]
+    low = np.full((n, n, 3), 0.2, np.float32)  # the ring's own colours: dark hair all round
+    out = fg.ring_fill(src, known, poly, np.zeros_like(img), low, 1.0)
+    top = cover[:, :] & (np.arange(n)[:, None] < 80) & (np.abs(np.arange(n) - 128) < 20)[None, :]
+    side = cover & (np.abs(np.arange(n) - 128) < 10)[:, None] & (np.arange(n) > 180)[None, :]
+    chin = cover & (np.arange(n)[:, None] > 178) & (np.abs(np.arange(n) - 128) < 10)[None, :]
+    assert abs(out[top].mean() - 0.2) < 0.06           # not the bright backdrop (0.9)
+    assert np.abs(out[top] - 0.2).max() <= fg.RING_GRAIN_MAX + 0.02
+    assert abs(out[side].mean() - 0.25) < 0.03 and out[side].std() > 0.025  # the reflection, textured
+    assert abs(out[chin].mean() - 0.2) < 0.02 and out[chin].std() < 0.01   # below the chin: own colours
+
+
+def test_lowpass_keeps_colour_and_drops_detail():
+    """The ring reads the covered region only through this low-pass: a fine pattern leaves its mean
+    colour and nothing of its shape."""
+    img = np.zeros((256, 256, 3), np.float32)
+    img[::2, ::2] = img[1::2, 1::2] = 1.0  # 1 px checkerboard
+    img[100:110, 100:110] = 0.0            # a 10 px dark square (a feature smaller than the low-pass)
+    out = fg.lowpass(img, fg.RING_LOW * 2)
+    assert abs(out[20:60, 20:60].mean() - 0.5) < 0.01 and out[20:60, 20:60].std() < 0.01
+    assert out[105, 105].mean() > 0.35  # the square is gone, not drawn (0 there, 0.5 around)
+
+
 def test_blend_bands_ends():
     rng = np.random.default_rng(0)
     a, b = rng.random((64, 64, 3), np.float32), rng.random((64, 64, 3), np.float32)

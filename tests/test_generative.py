@@ -166,6 +166,37 @@ def test_large_face_rendered_at_its_own_resolution(models, media):
     assert sharp_in > 1.3 * soft_in and sharp_ring > 1.3 * soft_ring, (sharp_in, soft_in, sharp_ring, soft_ring)
 
 
+def test_covered_ring_read_only_low_passed(models, media, monkeypatch):
+    """Under the cover, outside the face, the renderer reads the original only low-passed (the
+    ring's colours): a fine checkerboard painted there renders as its mean grey would, within a few
+    levels. Control: with a sharp pass-band (RING_LOW ~0) the checkerboard does come through."""
+    from anoncam.anonymize import facegen as fg
+    from anoncam.eval.metrics import Instruments
+
+    img = cv2.imread(str(media["astronaut"]))
+    inst = Instruments()
+    lm = inst.landmarks(img, inst.main_face(img))
+    g = gen.Generative()
+    g.prepare()
+    h, w = img.shape[:2]
+    cover, face = np.zeros((h, w), np.uint8), np.zeros((h, w), np.uint8)
+    cv2.fillPoly(cover, [np.round(fg.oval_polygon(lm, 1.35)).astype(np.int32)], 1)  # inside the edge
+    cv2.fillPoly(face, [np.round(fg.oval_polygon(lm, 1.2)).astype(np.int32)], 1)
+    band = (cover > 0) & (face == 0)  # between the face (and its colour statistics) and the covered edge
+    checker = ((np.indices((h, w)).sum(0) % 2) * 255).astype(np.uint8)
+    a, b = img.copy(), img.copy()
+    a[band] = checker[band][:, None]
+    b[band] = 128
+
+    def drawn(frame):
+        crop, pts, m = g.bank.geo.crop(frame, lm)
+        return g._draw(frame, lm, crop, pts, m, 0, 1.4)[0].astype(np.float32)
+
+    assert np.abs(drawn(a) - drawn(b)).max() < 6
+    monkeypatch.setattr(fg, "RING_LOW", 0.3)
+    assert np.abs(drawn(a) - drawn(b)).max() > 40
+
+
 # an identity key under which cap13's identity, chosen on the first sighting alone, came back when
 # the man opened his mouth (frames 398-418 at 0.364-0.379): the guard's case
 LEAKED_KEY = bytes.fromhex("62ae80c175dc2efa78eec10657861e52802e8d3f96169232119cb5d939908b93")

@@ -71,6 +71,16 @@ ZONE_SOFT = 1.5     # crop px: softness of the face zone's edge before the band-
 MIRROR_SQUEEZE = 1.0
 FACE_ZONE = 1.0     # ... outside the identity's own pixels and its face oval scaled by this
 MIRROR_DOWN = (35.0, 65.0)  # degrees from straight down: smooth fill below the first, mirror past the second
+# the covered ring outside the face zone (render_sharp, ring_fill): its colours are the original's
+# there, low-passed by RING_LOW crop px (outside the face zone only: hair stays hair-coloured, the neck
+# skin-coloured); on the top and sides the reflected surroundings are kept as they are where their
+# colours (low-passed by RING_TEX) depart from those by less than RING_DEPART[0] (0..1), and give way
+# to them by RING_DEPART[1], keeping only their fine grain (RING_GRAIN crop px, within +-RING_GRAIN_MAX)
+RING_LOW = 10.0
+RING_TEX = 10.0
+RING_DEPART = (0.06, 0.14)
+RING_GRAIN = 1.0
+RING_GRAIN_MAX = 0.05
 # skin (skin_mask): the face oval scaled by SKIN_OVAL minus each eye with its brow and the lips
 # (FaceMesh indices; their hulls grown by FEATURE_GROW about their centroids). The recolouring is
 # measured there only, on the original and on the identity alike: skin to skin, no hair, eyes,
@@ -867,7 +877,12 @@ def render_sharp(geo: Geometry, p: Prepared, ctx: np.ndarray, pts: np.ndarray, m
         # joined to the face band by band
         zone = np.maximum(poly_mask(oval_polygon(p.pts * np.float32(s), FACE_ZONE), size), soft[..., 0])
         zone = cv2.GaussianBlur(zone, (0, 0), ZONE_SOFT * s)
-        inner = blend_bands(inner, ring_fill(ring[0], ring[1], poly, fill), zone)
+        low = None
+        if RING_LOW:  # the ring's own colours, not the face's: normalized over what is outside the zone
+            out = (zone < 0.5).astype(np.float32)[..., None]
+            low = lowpass(np.dstack([bg * out, out]), RING_LOW * s)
+            low = low[..., :3] / np.maximum(low[..., 3:], 1e-3)
+        inner = blend_bands(inner, ring_fill(ring[0], ring[1], poly, fill, low, s), zone, levels=3)
     return cover * inner + (1 - cover) * bg
 
 
@@ -891,13 +906,25 @@ def mirror_ring(img: np.ndarray, poly: np.ndarray, margin: float = 1.0, squeeze:
                      borderMode=cv2.BORDER_CONSTANT)
 
 
-def ring_fill(src: np.ndarray, known: np.ndarray, poly: np.ndarray, fill: np.ndarray) -> np.ndarray:
+def lowpass(img: np.ndarray, sigma: float) -> np.ndarray:
+    """`img` Gaussian-blurred by `sigma` px, at 1/d of its resolution (sigma / d >= 3 px) and scaled up."""
+    h, w = img.shape[:2]
+    d = max(1, int(sigma // 3))
+    small = cv2.resize(img, (max(1, w // d), max(1, h // d)), interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (0, 0), sigma / d, borderType=cv2.BORDER_REPLICATE)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def ring_fill(src: np.ndarray, known: np.ndarray, poly: np.ndarray, fill: np.ndarray,
+              low: np.ndarray | None = None, s: float = 1.0) -> np.ndarray:
     """The covered ring's background: the surroundings (`src`, BGR float premultiplied by `known`,
     0 under the cover) reflected in across the covered polygon, on the top and sides; where the
     reflection would read unknown pixels (the cover again, past the frame's edge) the reflected
     pixels around them, filled smoothly (no flat patch of another colour); below the chin (within
     MIRROR_DOWN of straight down, where a reflection would pull the collar up to the jaw) the
-    smooth `fill`, crossing over along the angle."""
+    smooth `fill`, crossing over along the angle. With `low` (the ring's own colours, low-passed;
+    s: px per crop px): those colours below the chin, and on the top and sides wherever the
+    reflection's colours depart from them (RING_DEPART), with the reflection's fine grain only."""
     h, w = known.shape[:2]
     m = mirror_ring(np.dstack([src, known]), poly, squeeze=MIRROR_SQUEEZE)
     k = m[..., 3]
@@ -907,6 +934,18 @@ def ring_fill(src: np.ndarray, known: np.ndarray, poly: np.ndarray, fill: np.nda
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     down = np.degrees(np.arctan2(np.abs(xs - c[0]), ys - c[1]))  # 0 straight down, 180 up
     wgt = np.clip((down - MIRROR_DOWN[0]) / (MIRROR_DOWN[1] - MIRROR_DOWN[0]), 0, 1)[..., None]
+    if low is not None:
+        soft = np.minimum(cv2.GaussianBlur(sure, (0, 0), 1.0), sure)[..., None]
+        base = lowpass(np.dstack([mir * sure[..., None], sure]), RING_TEX * s)
+        base = base[..., :3] / np.maximum(base[..., 3:], 1e-3)
+        # the reflection as it is where its colours are the ring's own; where they are not (a bright
+        # backdrop over ears and hair, blinds over a forehead) the ring's own colours with only the
+        # reflection's fine grain (no drawn edge of a hat brim or a window)
+        a = np.clip((np.abs(base - low).max(2) - RING_DEPART[0]) / (RING_DEPART[1] - RING_DEPART[0]), 0, 1)[..., None]
+        fine = np.clip(mir - cv2.GaussianBlur(mir, (0, 0), RING_GRAIN * s), -RING_GRAIN_MAX,
+                       RING_GRAIN_MAX)
+        top = (1 - a) * (base + (mir - base) * soft) + a * (low + fine * soft)
+        return wgt * top + (1 - wgt) * low
     if ((sure < 1) & (wgt[..., 0] > 0) & (poly_mask(poly, h) > 0)).any():  # unknowns where shown
         if sure.any():  # filled at half resolution (it is smooth anyway)
             half = (w // 2, h // 2)

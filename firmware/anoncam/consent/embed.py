@@ -9,7 +9,6 @@ import numpy as np
 from ..attributes import MESH_FOR_SFACE, SFACE_TEMPLATE, Likeness
 from ..geometry import similarity
 
-
 # MESH_FOR_SFACE's five points as pairs of mesh indices (a single point twice: its mean is itself)
 _PAIRS = np.array([(g * 2)[:2] for g in MESH_FOR_SFACE])
 
