@@ -81,6 +81,7 @@ RING_TEX = 10.0
 RING_DEPART = (0.06, 0.14)
 RING_GRAIN = 1.0
 RING_GRAIN_MAX = 0.05
+RING_EDGE = 2.0  # crop px: the ring's own colours turn into the surroundings' over about 2x this inside the covered edge
 # skin (skin_mask): the face oval scaled by SKIN_OVAL minus each eye with its brow and the lips
 # (FaceMesh indices; their hulls grown by FEATURE_GROW about their centroids). The recolouring is
 # measured there only, on the original and on the identity alike: skin to skin, no hair, eyes,
@@ -938,14 +939,17 @@ def ring_fill(src: np.ndarray, known: np.ndarray, poly: np.ndarray, fill: np.nda
         soft = np.minimum(cv2.GaussianBlur(sure, (0, 0), 1.0), sure)[..., None]
         base = lowpass(np.dstack([mir * sure[..., None], sure]), RING_TEX * s)
         base = base[..., :3] / np.maximum(base[..., 3:], 1e-3)
+        # the ring's own colours, turning into the reflection's toward the covered edge (no colour step
+        # there: a neck's colour against a shirt's)
+        edge = np.clip(2.0 * (1.0 - lowpass(poly_mask(poly, h), RING_EDGE * s)), 0, 1)[..., None]
+        own = low + edge * (base - low)
         # the reflection as it is where its colours are the ring's own; where they are not (a bright
         # backdrop over ears and hair, blinds over a forehead) the ring's own colours with only the
         # reflection's fine grain (no drawn edge of a hat brim or a window)
-        a = np.clip((np.abs(base - low).max(2) - RING_DEPART[0]) / (RING_DEPART[1] - RING_DEPART[0]), 0, 1)[..., None]
-        fine = np.clip(mir - cv2.GaussianBlur(mir, (0, 0), RING_GRAIN * s), -RING_GRAIN_MAX,
-                       RING_GRAIN_MAX)
-        top = (1 - a) * (base + (mir - base) * soft) + a * (low + fine * soft)
-        return wgt * top + (1 - wgt) * low
+        a = np.clip((np.abs(base - own).max(2) - RING_DEPART[0]) / (RING_DEPART[1] - RING_DEPART[0]), 0, 1)[..., None]
+        fine = np.clip(mir - cv2.GaussianBlur(mir, (0, 0), RING_GRAIN * s), -RING_GRAIN_MAX, RING_GRAIN_MAX) * soft
+        top = (1 - a) * (base + (mir - base) * soft) + a * (own + fine)
+        return wgt * top + (1 - wgt) * (own + edge * fine)
     if ((sure < 1) & (wgt[..., 0] > 0) & (poly_mask(poly, h) > 0)).any():  # unknowns where shown
         if sure.any():  # filled at half resolution (it is smooth anyway)
             half = (w // 2, h // 2)
