@@ -189,6 +189,9 @@ def test_ring_reads_nothing_under_the_cover(models, media):
         return (x[..., 0] > 0.6) & (x[..., 1] < 0.3) & (x[..., 2] > 0.6)
     seen = src / np.maximum(known, 1e-3)[..., None]
     assert not magenta(seen[known > 0.05]).any() and not magenta(ring).any()
+    # nor with the ring's own colours (grey here): only the reflection's colours and grain are added
+    own = fg.ring_fill(src, known, cpoly, np.zeros_like(src), np.full_like(src, 0.5), 2.0)
+    assert not magenta(own).any()
     inner = cv2.erode(cover.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
     assert known[inner].max() == 0
     assert (ring[cover].std(0) > 0.05).all()  # and it is texture, not one flat colour

@@ -936,7 +936,9 @@ def ring_fill(src: np.ndarray, known: np.ndarray, poly: np.ndarray, fill: np.nda
     down = np.degrees(np.arctan2(np.abs(xs - c[0]), ys - c[1]))  # 0 straight down, 180 up
     wgt = np.clip((down - MIRROR_DOWN[0]) / (MIRROR_DOWN[1] - MIRROR_DOWN[0]), 0, 1)[..., None]
     if low is not None:
-        soft = np.minimum(cv2.GaussianBlur(sure, (0, 0), 1.0), sure)[..., None]
+        # how far the reflected pixel is known: partly known ones (the covered edge's first pixels,
+        # whose neighbours are under the cover) are averages of their known neighbours, so kept
+        soft = np.clip((k - 0.2) / 0.6, 0.0, 1.0)[..., None]
         base = lowpass(np.dstack([mir * sure[..., None], sure]), RING_TEX * s)
         base = base[..., :3] / np.maximum(base[..., 3:], 1e-3)
         # the ring's own colours, turning into the reflection's toward the covered edge (no colour step
