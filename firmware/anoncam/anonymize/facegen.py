@@ -948,10 +948,16 @@ def ring_fill(src: np.ndarray, known: np.ndarray, poly: np.ndarray, fill: np.nda
         # the reflection as it is where its colours are the ring's own; where they are not (a bright
         # backdrop over ears and hair, blinds over a forehead) the ring's own colours with only the
         # reflection's fine grain (no drawn edge of a hat brim or a window)
-        a = np.clip((np.abs(base - own).max(2) - RING_DEPART[0]) / (RING_DEPART[1] - RING_DEPART[0]), 0, 1)[..., None]
-        fine = np.clip(mir - cv2.GaussianBlur(mir, (0, 0), RING_GRAIN * s), -RING_GRAIN_MAX, RING_GRAIN_MAX) * soft
-        top = (1 - a) * (base + (mir - base) * soft) + a * (own + fine)
-        return wgt * top + (1 - wgt) * (own + edge * fine)
+        d = np.abs(base - own)
+        d = np.maximum(np.maximum(d[..., 0], d[..., 1]), d[..., 2])  # (a reduction over axis 2 is slow)
+        a = np.clip((d - RING_DEPART[0]) * np.float32(1 / (RING_DEPART[1] - RING_DEPART[0])), 0, 1)[..., None]
+        fine = np.clip(mir - cv2.GaussianBlur(mir, (0, 0), RING_GRAIN * s), -RING_GRAIN_MAX, RING_GRAIN_MAX)
+        fine *= soft
+        # wgt (1 - a) of the reflection as it is, the rest the ring's own colours with the fine grain
+        keep = wgt * (1 - a)
+        out = own + fine * (wgt * a + (1 - wgt) * edge)
+        out += keep * (base - own + (mir - base) * soft)
+        return out
     if ((sure < 1) & (wgt[..., 0] > 0) & (poly_mask(poly, h) > 0)).any():  # unknowns where shown
         if sure.any():  # filled at half resolution (it is smooth anyway)
             half = (w // 2, h // 2)
