@@ -878,12 +878,11 @@ def render_sharp(geo: Geometry, p: Prepared, ctx: np.ndarray, pts: np.ndarray, m
         # joined to the face band by band
         zone = np.maximum(poly_mask(oval_polygon(p.pts * np.float32(s), FACE_ZONE), size), soft[..., 0])
         zone = cv2.GaussianBlur(zone, (0, 0), ZONE_SOFT * s)
-        low = None
-        if RING_LOW:  # the ring's own colours, not the face's: normalized over what is outside the zone
-            out = (zone < 0.5).astype(np.float32)[..., None]
-            low = lowpass(np.dstack([bg * out, out]), RING_LOW * s)
-            low = low[..., :3] / np.maximum(low[..., 3:], 1e-3)
-        inner = blend_bands(inner, ring_fill(ring[0], ring[1], poly, fill, low, s), zone, levels=3)
+        # the ring's own colours, not the face's: low-passed, normalized over what is outside the zone
+        out = (zone < 0.5).astype(np.float32)[..., None]
+        low = lowpass(np.dstack([bg * out, out]), RING_LOW * s)
+        low = low[..., :3] / np.maximum(low[..., 3:], 1e-3)
+        inner = blend_bands(inner, ring_fill(ring[0], ring[1], poly, low, s), zone, levels=3)
     return cover * inner + (1 - cover) * bg
 
 
@@ -916,16 +915,15 @@ def lowpass(img: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def ring_fill(src: np.ndarray, known: np.ndarray, poly: np.ndarray, fill: np.ndarray,
-              low: np.ndarray | None = None, s: float = 1.0) -> np.ndarray:
+def ring_fill(src: np.ndarray, known: np.ndarray, poly: np.ndarray, low: np.ndarray, s: float = 1.0
+              ) -> np.ndarray:
     """The covered ring's background: the surroundings (`src`, BGR float premultiplied by `known`,
-    0 under the cover) reflected in across the covered polygon, on the top and sides; where the
-    reflection would read unknown pixels (the cover again, past the frame's edge) the reflected
-    pixels around them, filled smoothly (no flat patch of another colour); below the chin (within
-    MIRROR_DOWN of straight down, where a reflection would pull the collar up to the jaw) the
-    smooth `fill`, crossing over along the angle. With `low` (the ring's own colours, low-passed;
-    s: px per crop px): those colours below the chin, and on the top and sides wherever the
-    reflection's colours depart from them (RING_DEPART), with the reflection's fine grain only."""
+    0 under the cover) reflected in across the covered polygon, on the top and sides, where the
+    reflection's colours are the ring's own (`low`: the ring's colours, low-passed; s: px per crop
+    px); where they depart from them (RING_DEPART) and below the chin (within MIRROR_DOWN of straight
+    down, where a reflection would pull the collar up to the jaw), crossing over along the angle, the
+    ring's own colours with the reflection's fine grain only. Where the reflection would read unknown
+    pixels (the cover again, past the frame's edge) the known reflected pixels around them, low-passed."""
     h, w = known.shape[:2]
     m = mirror_ring(np.dstack([src, known]), poly, squeeze=MIRROR_SQUEEZE)
     k = m[..., 3]
@@ -935,41 +933,28 @@ def ring_fill(src: np.ndarray, known: np.ndarray, poly: np.ndarray, fill: np.nda
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     down = np.degrees(np.arctan2(np.abs(xs - c[0]), ys - c[1]))  # 0 straight down, 180 up
     wgt = np.clip((down - MIRROR_DOWN[0]) / (MIRROR_DOWN[1] - MIRROR_DOWN[0]), 0, 1)[..., None]
-    if low is not None:
-        # how far the reflected pixel is known: partly known ones (the covered edge's first pixels,
-        # whose neighbours are under the cover) are averages of their known neighbours, so kept
-        soft = np.clip((k - 0.2) / 0.6, 0.0, 1.0)[..., None]
-        base = lowpass(np.dstack([mir * sure[..., None], sure]), RING_TEX * s)
-        base = base[..., :3] / np.maximum(base[..., 3:], 1e-3)
-        # the ring's own colours, turning into the reflection's toward the covered edge (no colour step
-        # there: a neck's colour against a shirt's)
-        edge = np.clip(2.0 * (1.0 - lowpass(poly_mask(poly, h), RING_EDGE * s)), 0, 1)[..., None]
-        own = low + edge * (base - low)
-        # the reflection as it is where its colours are the ring's own; where they are not (a bright
-        # backdrop over ears and hair, blinds over a forehead) the ring's own colours with only the
-        # reflection's fine grain (no drawn edge of a hat brim or a window)
-        d = np.abs(base - own)
-        d = np.maximum(np.maximum(d[..., 0], d[..., 1]), d[..., 2])  # (a reduction over axis 2 is slow)
-        a = np.clip((d - RING_DEPART[0]) * np.float32(1 / (RING_DEPART[1] - RING_DEPART[0])), 0, 1)[..., None]
-        fine = np.clip(mir - cv2.GaussianBlur(mir, (0, 0), RING_GRAIN * s), -RING_GRAIN_MAX, RING_GRAIN_MAX)
-        fine *= soft
-        # wgt (1 - a) of the reflection as it is, the rest the ring's own colours with the fine grain
-        keep = wgt * (1 - a)
-        out = own + fine * (wgt * a + (1 - wgt) * edge)
-        out += keep * (base - own + (mir - base) * soft)
-        return out
-    if ((sure < 1) & (wgt[..., 0] > 0) & (poly_mask(poly, h) > 0)).any():  # unknowns where shown
-        if sure.any():  # filled at half resolution (it is smooth anyway)
-            half = (w // 2, h // 2)
-            ks = cv2.resize(sure, half, interpolation=cv2.INTER_AREA)
-            lo = cv2.resize(mir * sure[..., None], half, interpolation=cv2.INTER_AREA)
-            lo = fill_smooth(lo / np.maximum(ks, 1e-3)[..., None], ks)
-            filled = cv2.resize(lo, (w, h), interpolation=cv2.INTER_LINEAR)
-        else:
-            filled = fill
-        soft = np.minimum(cv2.GaussianBlur(sure, (0, 0), 1.0), sure)[..., None]
-        mir = soft * mir + (1 - soft) * filled
-    return wgt * mir + (1 - wgt) * fill
+    # how far the reflected pixel is known: partly known ones (the covered edge's first pixels,
+    # whose neighbours are under the cover) are averages of their known neighbours, so kept
+    soft = np.clip((k - 0.2) / 0.6, 0.0, 1.0)[..., None]
+    base = lowpass(np.dstack([mir * sure[..., None], sure]), RING_TEX * s)
+    base = base[..., :3] / np.maximum(base[..., 3:], 1e-3)
+    # the ring's own colours, turning into the reflection's toward the covered edge (no colour step
+    # there: a neck's colour against a shirt's)
+    edge = np.clip(2.0 * (1.0 - lowpass(poly_mask(poly, h), RING_EDGE * s)), 0, 1)[..., None]
+    own = low + edge * (base - low)
+    # the reflection as it is where its colours are the ring's own; where they are not (a bright
+    # backdrop over ears and hair, blinds over a forehead) the ring's own colours with only the
+    # reflection's fine grain (no drawn edge of a hat brim or a window)
+    d = np.abs(base - own)
+    d = np.maximum(np.maximum(d[..., 0], d[..., 1]), d[..., 2])  # (a reduction over axis 2 is slow)
+    a = np.clip((d - RING_DEPART[0]) * np.float32(1 / (RING_DEPART[1] - RING_DEPART[0])), 0, 1)[..., None]
+    fine = np.clip(mir - cv2.GaussianBlur(mir, (0, 0), RING_GRAIN * s), -RING_GRAIN_MAX, RING_GRAIN_MAX)
+    fine *= soft
+    # wgt (1 - a) of the reflection as it is, the rest the ring's own colours with the fine grain
+    keep = wgt * (1 - a)
+    out = own + fine * (wgt * a + (1 - wgt) * edge)
+    out += keep * (base - own + (mir - base) * soft)
+    return out
 
 
 def blend_bands(a: np.ndarray, b: np.ndarray, mask: np.ndarray, levels: int = 5) -> np.ndarray:
