@@ -70,7 +70,7 @@ ZONE_SOFT = 1.5     # crop px: softness of the face zone's edge before the band-
 # realism_quick measured less detail (inside 0.76 -> 0.63, ring 0.73 -> 0.67): a plain reflection
 MIRROR_SQUEEZE = 1.0
 FACE_ZONE = 1.0     # ... outside the identity's own pixels and its face oval scaled by this
-MIRROR_DOWN = (35.0, 65.0)  # degrees from straight down: smooth fill below the first, mirror past the second
+MIRROR_DOWN = (35.0, 65.0)  # degrees from straight down: the ring's own colours below the first, mirror past the second
 # the covered ring outside the face zone (render_sharp, ring_fill): its colours are the original's
 # there, low-passed by RING_LOW crop px (outside the face zone only: hair stays hair-coloured, the neck
 # skin-coloured); on the top and sides the reflected surroundings are kept as they are where their
