@@ -183,8 +183,8 @@ def test_ring_reads_nothing_under_the_cover(models, media):
     m = bank.geo.align(lm) * np.float32(2)
     src, known = Generative.surroundings(marked, poly, m, 256)
     cpoly = fg.apply_affine(m, poly)
-    low = fg.lowpass(np.dstack([src, known]), 20.0)  # the surroundings' own colours
-    ring = fg.ring_fill(src, known, cpoly, low[..., :3] / np.maximum(low[..., 3:], 1e-3), 2.0)
+    low = fg.lowpass_over(src, known, 20.0)  # the surroundings' own colours
+    ring = fg.ring_fill(src, known, cpoly, low, 2.0)
     cover = fg.poly_mask(cpoly, 256) > 0.5
     def magenta(x):
         return (x[..., 0] > 0.6) & (x[..., 1] < 0.3) & (x[..., 2] > 0.6)

@@ -879,9 +879,7 @@ def render_sharp(geo: Geometry, p: Prepared, ctx: np.ndarray, pts: np.ndarray, m
         zone = np.maximum(poly_mask(oval_polygon(p.pts * np.float32(s), FACE_ZONE), size), soft[..., 0])
         zone = cv2.GaussianBlur(zone, (0, 0), ZONE_SOFT * s)
         # the ring's own colours, not the face's: low-passed, normalized over what is outside the zone
-        out = (zone < 0.5).astype(np.float32)[..., None]
-        low = lowpass(np.dstack([bg * out, out]), RING_LOW * s)
-        low = low[..., :3] / np.maximum(low[..., 3:], 1e-3)
+        low = lowpass_over(bg, (zone < 0.5).astype(np.float32), RING_LOW * s)
         inner = blend_bands(inner, ring_fill(ring[0], ring[1], poly, low, s), zone, levels=3)
     return cover * inner + (1 - cover) * bg
 
@@ -915,6 +913,12 @@ def lowpass(img: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
+def lowpass_over(img: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
+    """`img` (HxWx3) low-passed over where `weight` (HxW) is 1 only: a normalized lowpass."""
+    lo = lowpass(np.dstack([img * weight[..., None], weight]), sigma)
+    return lo[..., :3] / np.maximum(lo[..., 3:], 1e-3)
+
+
 def ring_fill(src: np.ndarray, known: np.ndarray, poly: np.ndarray, low: np.ndarray, s: float = 1.0
               ) -> np.ndarray:
     """The covered ring's background: the surroundings (`src`, BGR float premultiplied by `known`,
@@ -936,8 +940,7 @@ def ring_fill(src: np.ndarray, known: np.ndarray, poly: np.ndarray, low: np.ndar
     # how far the reflected pixel is known: partly known ones (the covered edge's first pixels,
     # whose neighbours are under the cover) are averages of their known neighbours, so kept
     soft = np.clip((k - 0.2) / 0.6, 0.0, 1.0)[..., None]
-    base = lowpass(np.dstack([mir * sure[..., None], sure]), RING_TEX * s)
-    base = base[..., :3] / np.maximum(base[..., 3:], 1e-3)
+    base = lowpass_over(mir, sure, RING_TEX * s)
     # the ring's own colours, turning into the reflection's toward the covered edge (no colour step
     # there: a neck's colour against a shirt's)
     edge = np.clip(2.0 * (1.0 - lowpass(poly_mask(poly, h), RING_EDGE * s)), 0, 1)[..., None]
