@@ -270,6 +270,18 @@ def test_teeth_follow_the_curve_of_a_smile():
     assert first_dark(64) - first_dark(52) >= 2  # their edge is higher off-centre
 
 
+def test_teeth_fill_a_mouth_opened_a_little():
+    """FaceMesh's inner lips sit on the teeth of a smile, so a mouth opened a fifth of its width is
+    mostly teeth (lit brighter than the skin), with the cavity a thin band under them, not a dark
+    slot with a row of small teeth."""
+    img = np.full((128, 128, 3), 0.6, np.float32)
+    t = np.linspace(0, 2 * np.pi, 40, endpoint=False)
+    lips = np.stack([64 + 20 * np.cos(t), 80 + 4 * np.sin(t)], 1).astype(np.float32)  # 40 px wide, 8 open
+    col = fg.draw_mouth(img, lips, 1.0)[76:85, 64].mean(1)
+    assert (col > 0.6).sum() >= 5  # teeth over most of the opening's 8 rows ...
+    assert col.max() > 0.75 and col[-3:].min() < 0.45  # ... brighter than the skin; the cavity below
+
+
 def test_lips_drawn_on_the_mesh_contours_and_grey_stays_grey(geo):
     """draw_lips tints only the lips (and the line between them) of the mesh it is given: a smile's
     lifted corners show where the mesh puts them; a grey face gets grey lips."""

@@ -64,6 +64,9 @@ RING_MIRROR = True  # render_sharp: the covered ring outside the face is the sur
 MOUTH_OPEN = 1.5    # crop px: inner lips closer than this are a closed mouth (draw_mouth)
 MOUTH_DARK = 0.3    # the cavity's brightness over the lips'
 TEETH_FROM = 0.08   # draw_mouth: teeth show from this opening over the mouth's width (full at twice)
+TEETH_FILL = 0.85   # ... at most this much of the opening
+TEETH_BRIGHT = (1.3, 0.15, 0.95)  # ... lit as skin x a + b, at most c
+TEETH_GAP = 0.07    # ... darkening between the teeth
 ZONE_SOFT = 1.5     # crop px: softness of the face zone's edge before the band-wise blend
 # mirror_ring squeeze: the ring reads the surroundings within this x its own depth past the covered
 # edge (stretched radially when < 1). 0.5 pulled in fewer hat brims and arms as horns, but
@@ -645,7 +648,7 @@ def _draw_mouth(img: np.ndarray, lips: np.ndarray, s: float, keep: float) -> np.
     wide = gap / max(width, 1.0)  # over the mouth's width
     # upper teeth: a band under the upper lip, at most a fifth of the mouth's width deep
     # (none in lips only just parted: a dark gap there, as in a face at rest)
-    teeth_h = np.minimum(0.6 * opening, 0.2 * width) * _smooth(np.float32(wide), TEETH_FROM, 2 * TEETH_FROM)
+    teeth_h = np.minimum(TEETH_FILL * opening, 0.2 * width) * _smooth(np.float32(wide), TEETH_FROM, 2 * TEETH_FROM)
     depth = rows - up
     upper = 1.0 - _smooth(depth, teeth_h - 0.6 * s, teeth_h + 0.6 * s)
     # lower teeth and tongue only when the mouth is open wide
@@ -654,11 +657,11 @@ def _draw_mouth(img: np.ndarray, lips: np.ndarray, s: float, keep: float) -> np.
     tongue = _smooth((rows - up) / opening, 0.55, 0.85) * _smooth(np.float32(wide), 0.3, 0.5)
     # teeth: lit as the skin, a little brighter, warm white; darker toward the corners, in the shadow
     # of the upper lip, and between the teeth (faint gaps, the incisors widest)
-    bright = float(np.clip(skin * 1.15 + 0.1, 0.25, 0.9))
+    bright = float(np.clip(skin * TEETH_BRIGHT[0] + TEETH_BRIGHT[1], 0.25, TEETH_BRIGHT[2]))
     shade = (1.0 - 0.55 * u ** 2)[None, :] * (0.7 + 0.3 * _smooth(depth, 0.0, 0.35 * teeth_h + s))
     gaps = np.float32([0.0, 0.22, -0.22, 0.4, -0.4, 0.56, -0.56])
     d = np.abs(u[:, None] - gaps[None, :]).min(1) * width / 2
-    shade = shade * (1.0 - 0.15 * np.exp(-(d / (0.7 * s)) ** 2))[None, :]
+    shade = shade * (1.0 - TEETH_GAP * np.exp(-(d / (0.7 * s)) ** 2))[None, :]
     tooth = np.float32([0.9, 0.96, 1.0]) * bright
     tooth = _desaturate(tooth[None, None, :], keep)[0, 0]
     cavity = lip * np.float32(MOUTH_DARK) * (1.0 - 0.45 * u ** 2)[None, :, None]
