@@ -531,3 +531,30 @@ def test_flawed_identities_are_never_candidates(models):
             assert len(ids) == 12 and not ids & bank.flawed, (age, male, ids & bank.flawed)
             seen |= ids
     assert len(seen) > 24  # the rest of the bank stays in use
+
+
+def test_periphery_gain_takes_the_edge_to_the_originals(geo):
+    """The rendering's skin near its oval's edge, over its middle, is taken to the original's, side by
+    side (a face lit from its left is darker at its right edge), keeping the skin's mean; a flat
+    original over a flat rendering changes nothing."""
+    pts = geo.mean
+    skin = fg.skin_mask(pts)
+    r, th = fg.oval_radius(pts)
+    flat = np.full((128, 128, 3), 0.6, np.float32)
+    same = fg.periphery_gain((flat * 255).astype(np.uint8), pts, skin, flat, pts)
+    assert np.abs(same - 1).max() < 1e-3
+    # the original darker toward its edge, more so on the image's right (x > centre)
+    fall = 1 - 0.35 * np.clip((r - 0.5) / 0.5, 0, 1) * (0.5 + 0.5 * (np.cos(th) > 0))
+    orig = (flat * fall[..., None] * 255).astype(np.uint8)
+    gain = fg.periphery_gain(orig, pts, skin, flat, pts)
+    out = flat[..., 0] * gain
+    s = skin > 0.5
+
+    def ratio(img, right):
+        band = s & (r > 0.75) & ((np.cos(th) > 0.7) if right else (np.cos(th) < -0.7))
+        return img[band].mean() / img[s & (r < 0.6)].mean()
+    want = [ratio(orig[..., 0] / 255.0, side) for side in (False, True)]
+    got = [ratio(out, side) for side in (False, True)]
+    assert want[1] < want[0] - 0.08  # the test image is what it says
+    assert abs(got[0] - want[0]) < 0.04 and abs(got[1] - want[1]) < 0.04
+    assert abs(out[s].mean() - 0.6) < 0.01  # the skin's mean kept

@@ -59,6 +59,11 @@ SLIT_DARK = 0.45    # ... darkening along the line between the lips and at the c
 CORNER_PAST = 0.02  # ... that line carried past each corner, over the mouth's width
 RING_SCALES = (1.45, 2.2)
 SHADE_RANGE = (0.45, 1.5)  # relighting (face_shading): the ratio's limits
+PERIPH_BAND = (0.75, 1.0)  # periphery_gain: the skin in this band of the face oval's radius ...
+PERIPH_INNER = 0.6         # ... over the skin inside this radius, per angular sector ...
+PERIPH_SECTORS = 8
+PERIPH_RANGE = (0.6, 1.15)  # ... the rendering's taken to the original's, within these limits
+PERIPH_FROM = (0.5, 0.85)  # radius over which the correction sets in
 NORMAL_SOFT = 3.5   # canonical px: the depth map is smoothed this much before its normals are taken
 RING_MIRROR = True  # render_sharp: the covered ring outside the face is the surroundings reflected in
 MOUTH_OPEN = 1.5    # crop px: inner lips closer than this are a closed mouth (draw_mouth)
@@ -442,6 +447,8 @@ class Prepared(NamedTuple):
     keep: float         # colour kept (1: all; grey faces get grey identities)
     corr: np.ndarray    # BGR gain after that: the identity's mean skin colour -> the face's
     shade: np.ndarray | None = None  # 128x128 shading ratio from the mesh's normals (1: none)
+    fill: np.ndarray | None = None   # 128x128x3 the smooth fill (_smooth_fill of x)
+    periph: np.ndarray | None = None  # 128x128 periphery gain (periphery_gain; None: none)
 
 
 def prepare(geo: Geometry, crop: np.ndarray, pts: np.ndarray, id_tex: np.ndarray, mask_scale: float,
@@ -498,8 +505,79 @@ def prepare(geo: Geometry, crop: np.ndarray, pts: np.ndarray, id_tex: np.ndarray
     tex = np.clip(tex * corr, 0.0, 1.0)
     tex *= valid[..., None]
     ctx = crop.astype(np.float32) / 255.0 * (1.0 - cover[..., None])
-    x = np.concatenate([tex, valid[..., None], grid, ctx, cover[..., None]], 2)
-    return Prepared(np.ascontiguousarray(x.transpose(2, 0, 1)[None]), cover, pts, maps, gain, keep, corr, shade)
+    x = np.ascontiguousarray(np.concatenate([tex, valid[..., None], grid, ctx, cover[..., None]], 2)
+                             .transpose(2, 0, 1)[None])
+    fill = _smooth_fill(x)
+    # the face's edge as dark, over its middle, as the original's (8 numbers of it): the identity's
+    # skin filled out to its oval is lit flat and read as a pale egg
+    soft = np.minimum(cv2.GaussianBlur(valid, (0, 0), 2.5), valid)[..., None]
+    periph = periphery_gain(crop, face_pts, face_skin, soft * tex / np.maximum(valid[..., None], 1e-3)
+                            + (1 - soft) * fill, pts)
+    return Prepared(x, cover, pts, maps, gain, keep, corr, shade, fill, periph)
+
+
+def polar(poly: np.ndarray, h: int, w: int) -> tuple[np.ndarray, ...]:
+    """Per pixel of an h x w image, about the centroid c of a star-shaped polygon: (dx, dy) from c,
+    the distance, the polygon's own radius in that direction, and that direction (radians)."""
+    c = poly.mean(0).astype(np.float64)
+    d = poly.astype(np.float64) - c
+    ang, rad = np.arctan2(d[:, 1], d[:, 0]), np.hypot(d[:, 0], d[:, 1])
+    o = np.argsort(ang)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    dx, dy = xs - np.float32(c[0]), ys - np.float32(c[1])
+    th = np.arctan2(dy, dx)
+    edge = np.interp(th, ang[o], rad[o], period=2 * np.pi).astype(np.float32)
+    return dx, dy, np.sqrt(dx * dx + dy * dy), edge, th
+
+
+def oval_radius(pts: np.ndarray, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """(r, theta) per pixel: its distance from the face oval's centroid over the oval's own radius
+    in its direction (1 on the oval), and that direction."""
+    _, _, dist, edge, th = polar(oval_polygon(pts, 1.0), size, size)
+    return dist / np.maximum(edge, 1e-3), th
+
+
+def _sector_ratios(lum: np.ndarray, mask: np.ndarray, r: np.ndarray, th: np.ndarray, n: int
+                   ) -> np.ndarray | None:
+    """Per angular sector: mean `lum` over `mask` in PERIPH_BAND over its mean inside PERIPH_INNER
+    (NaN for a sector with too few pixels); None without a middle."""
+    inner = mask & (r < PERIPH_INNER)
+    if inner.sum() < 32:
+        return None
+    ref = max(float(lum[inner].mean()), 1e-3)
+    band = mask & (r >= PERIPH_BAND[0]) & (r < PERIPH_BAND[1])
+    k = ((th + np.pi) * (n / (2 * np.pi))).astype(np.int32) % n
+    sums = np.bincount(k[band], lum[band], minlength=n)
+    cnt = np.bincount(k[band], minlength=n)
+    return np.where(cnt >= 8, sums / np.maximum(cnt, 1) / ref, np.nan)
+
+
+def periphery_gain(crop: np.ndarray, pts: np.ndarray, face_skin: np.ndarray, render: np.ndarray,
+                   rpts: np.ndarray) -> np.ndarray | None:
+    """A gain (128x128, about 1 in the face's middle) that takes the rendering's skin near its oval's edge
+    (`render` BGR 0..1 on the mesh `rpts`), over its middle, to the original's (`crop` uint8, its
+    skin `face_skin` on the mesh `pts`), sector by sector (PERIPH_SECTORS about the oval's centre,
+    within PERIPH_RANGE), keeping the mean of the rendering's skin; None where either has too little
+    skin."""
+    n = PERIPH_SECTORS
+    r0, t0 = oval_radius(pts)
+    r1, t1 = oval_radius(rpts)
+    lum0 = (crop[..., 0].astype(np.float32) + crop[..., 1] + crop[..., 2]) * np.float32(1 / 765)
+    lum1 = (render[..., 0] + render[..., 1] + render[..., 2]) * np.float32(1 / 3)
+    a = _sector_ratios(lum0, face_skin > 0.5, r0, t0, n)
+    skin1 = skin_mask(rpts) > 0.5
+    b = _sector_ratios(lum1, skin1, r1, t1, n)
+    if a is None or b is None:
+        return None
+    g = np.clip(np.where(np.isfinite(a) & np.isfinite(b), a / np.where(np.isfinite(b), b, 1.0), 1.0),
+                *PERIPH_RANGE)
+    g = (np.roll(g, 1) + 2 * g + np.roll(g, -1)) / 4  # neighbouring sectors alike
+    centres = -np.pi + (np.arange(n) + 0.5) * (2 * np.pi / n)
+    gt = np.interp(t1, centres, g, period=2 * np.pi).astype(np.float32)
+    gain = 1.0 + _smooth(r1, *PERIPH_FROM) * (gt - 1.0)
+    # the skin's mean stays as recoloured (the edge darker, the middle a little brighter)
+    w = lum1[skin1]
+    return (gain * (float(w.sum()) / max(float((gain[skin1] * w).sum()), 1e-6))).astype(np.float32)
 
 
 def generator_input(geo: Geometry, crop: np.ndarray, pts: np.ndarray, id_tex: np.ndarray,
@@ -851,7 +929,7 @@ def render_sharp(geo: Geometry, p: Prepared, ctx: np.ndarray, pts: np.ndarray, m
     for ring_fill; iris: the drawn eyes' iris colour (draw_eyes; lips and mouth are drawn too).
     Returns BGR float 0..1 of ctx's size."""
     size = ctx.shape[0]
-    fill = _magnify(_smooth_fill(p.x), s, size)
+    fill = _magnify(_smooth_fill(p.x) if p.fill is None else p.fill, s, size)
     mx, my = p.maps
     inside = (mx > -999).astype(np.float32)
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) / np.float32(s)
@@ -870,7 +948,10 @@ def render_sharp(geo: Geometry, p: Prepared, ctx: np.ndarray, pts: np.ndarray, m
     face = np.clip(face * p.corr, 0.0, 1.0)
     soft = np.minimum(cv2.GaussianBlur(v, (0, 0), 2.5 * s), v)[..., None]
     mesh = p.pts * np.float32(s)
-    inner = draw_lips(soft * face + (1 - soft) * fill, mesh, s, p.keep)
+    inner = soft * face + (1 - soft) * fill
+    if p.periph is not None:
+        inner *= _magnify(p.periph, s, size)[..., None]
+    inner = draw_lips(inner, mesh, s, p.keep)
     inner = draw_mouth(inner, mesh[INNER_LIPS], s, p.keep)
     inner = draw_eyes(inner, mesh, s, p.keep, iris)
     poly = oval_polygon(pts * np.float32(s), mask_scale)
@@ -895,13 +976,8 @@ def mirror_ring(img: np.ndarray, poly: np.ndarray, margin: float = 1.0, squeeze:
     the polygon."""
     h, w = img.shape[:2]
     c = poly.mean(0).astype(np.float64)
-    d = poly.astype(np.float64) - c
-    ang, rad = np.arctan2(d[:, 1], d[:, 0]), np.hypot(d[:, 0], d[:, 1])
-    o = np.argsort(ang)
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    dx, dy = xs - np.float32(c[0]), ys - np.float32(c[1])
-    r = np.sqrt(dx * dx + dy * dy) + np.float32(1e-3)
-    edge = np.interp(np.arctan2(dy, dx), ang[o], rad[o], period=2 * np.pi).astype(np.float32)
+    dx, dy, r, edge, _ = polar(poly, h, w)
+    r += np.float32(1e-3)
     f = (np.maximum(edge + (edge - r) * np.float32(squeeze), edge) + np.float32(margin)) / r
     return cv2.remap(img, np.float32(c[0]) + dx * f, np.float32(c[1]) + dy * f, cv2.INTER_LINEAR,
                      borderMode=cv2.BORDER_CONSTANT)
