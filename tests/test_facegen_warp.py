@@ -1,5 +1,6 @@
 """The piecewise-affine warp behind the generator input (facegen.piecewise_map), on the shipped
 identity bank's mesh."""
+import cv2
 import numpy as np
 import pytest
 from anoncam import assets
@@ -558,3 +559,55 @@ def test_periphery_gain_takes_the_edge_to_the_originals(geo):
     assert want[1] < want[0] - 0.08  # the test image is what it says
     assert abs(got[0] - want[0]) < 0.04 and abs(got[1] - want[1]) < 0.04
     assert abs(out[s].mean() - 0.6) < 0.01  # the skin's mean kept
+
+
+def _eye_gap(pts, k):
+    up, lo = fg.EYE_LIDS[k]
+    o, ax, n, w = fg._eye_frame(pts[up], pts[lo])
+    return float(((pts[up][4] - o) @ n) - ((pts[lo][4] - o) @ n)) / w
+
+
+def test_open_eyes_lowers_the_upper_lid_as_far_as_the_originals(geo):
+    """An eye open EYE_OPEN_REF or more stays as the mesh draws it; less lowers its upper lid in
+    proportion (shut: onto the lower lid); corners and lower lids never move."""
+    pts = geo.mean.copy()
+    same = fg.open_eyes(pts, (fg.EYE_OPEN_REF, 0.5))
+    assert np.array_equal(same, pts)
+    half = fg.open_eyes(pts, (fg.EYE_OPEN_REF / 2, 0.0))
+    assert abs(_eye_gap(half, 0) - _eye_gap(pts, 0) / 2) < 0.01
+    assert abs(_eye_gap(half, 1)) < 0.01
+    moved = np.flatnonzero(np.abs(half - pts).max(1) > 1e-6)
+    lids = np.concatenate([up[1:-1] for up, _ in fg.EYE_LIDS])
+    assert set(moved) <= set(lids)
+
+
+def test_drawn_iris_follows_the_gaze_and_a_lowered_lid_covers_the_eye(geo):
+    """The drawn iris sits toward the image's side the original looks to; where an upper lid was
+    lowered, what lay between its old and new place (the identity's own eye: dark here) becomes
+    eyelid skin."""
+    s = 4.0
+    pts = geo.mean * np.float32(s)
+    img = np.full((512, 512, 3), 0.6, np.float32)
+
+    def iris_x(gaze):
+        out = fg.draw_eyes(img, pts, s, gaze=gaze).mean(2)
+        up, lo = fg.EYE_LIDS[0]
+        x0, x1 = int(pts[up][:, 0].min()), int(pts[up][:, 0].max())
+        y0, y1 = int(pts[up][:, 1].min()), int(pts[lo][:, 1].max())
+        cols = out[y0:y1 + 1, x0:x1 + 1].min(0)
+        return x0 + float(np.argmin(cols))
+    assert iris_x(0.6) - iris_x(-0.6) > 0.1 * np.linalg.norm(pts[133] - pts[33])
+    # a lowered lid over a dark eye
+    dark = img.copy()
+    for up, lo in fg.EYE_LIDS:
+        m = np.zeros(img.shape[:2], np.uint8)
+        cv2.fillPoly(m, [np.round(np.concatenate([pts[up], pts[lo][::-1]])).astype(np.int32)], 1)
+        dark[m > 0] = 0.1
+    shut = fg.open_eyes(pts, (0.0, 0.0))
+    out = fg.draw_eyes(dark, shut, s, before=pts)
+    up, lo = fg.EYE_LIDS[0]
+    m = np.zeros(img.shape[:2], np.uint8)
+    cv2.fillPoly(m, [np.round(np.concatenate([pts[up], pts[lo][::-1]])).astype(np.int32)], 1)
+    core = cv2.erode(m, np.ones((3, 3), np.uint8), iterations=2) > 0
+    assert np.median(out[core].mean(1)) > 0.45  # skin (0.6 x EYELID_DARK), not the dark eye
+    assert np.median(fg.draw_eyes(dark, shut, s)[core].mean(1)) < 0.2  # without `before`: still dark

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 BANK_ASSET = "generator_identities"
 NET_ASSET = "generator"
+IRIS_ASSET = "iris"
 CHECK = 4  # candidate identities rendered and read at a track's first sighting (up to 2x while SFace matches them)
 MIN_VALID = 0.5  # share of the identity oval that must be the identity's own skin and features
 LIKE_PENALTY = 1000.0  # score of a candidate SFace still matches to the original (times 1 + cosine)
@@ -185,6 +186,8 @@ class Generative:
         self.refiner = None
         self.attrs: AgeGender | None = None
         self.likeness: Likeness | None = None
+        self.iris = None  # detect.iris.Iris: each eye's opening and gaze, drawn as the original's
+        self._eyes: OrderedDict[bytes, tuple] = OrderedDict()  # the last few crops' (openings, gaze)
         self._tracks: OrderedDict[bytes, int] = OrderedDict()  # HMAC(key, track) -> identity index
         self._grain: OrderedDict[bytes, np.ndarray] = OrderedDict()  # HMAC(key, track, k) -> noise
         # live choices: the frame loop and the choosing worker share these under _state
@@ -207,9 +210,12 @@ class Generative:
         int8 falls back to fp32 with a warning when the int8 file is not built)."""
         with self._lock:
             if self.bank is None:
+                from ..backends import open_model
+                from ..detect.iris import Iris
                 bank = IdentityBank(assets.model_path(BANK_ASSET))
                 self.attrs = AgeGender()
                 self.likeness = Likeness()
+                self.iris = Iris(open_model(assets.model_path(IRIS_ASSET), "tflite", threads=1))
                 self.bank = bank
             if use_net and precision not in self.nets:
                 from .. import precision as prec
@@ -465,12 +471,14 @@ class Generative:
         resolution from the identity's sharp texture (fg.render_sharp)."""
         shape = None if self.bank.shapes is None else self.bank.shapes[idx]
         geo = self.bank.geo
-        p = fg.prepare(geo, crop, pts, self.bank.filled(idx), mask_scale, shape, fg.SHAPE_PULL, geo.id_valid)
+        openings, gaze = self.eyes(crop, pts) if sharp is not None else (None, 0.0)
+        p = fg.prepare(geo, crop, pts, self.bank.filled(idx), mask_scale, shape, fg.SHAPE_PULL, geo.id_valid,
+                       openings)
         x = p.x
         if sharp is not None:
             y = fg.render_sharp(geo, p, sharp[0], pts, mask_scale, self.bank.filled(idx, sharp=True),
                                 self.bank.tex_scale, geo.id_valid, sharp[1], sharp[2],
-                                iris=fg.IRIS_COLOURS[idx % len(fg.IRIS_COLOURS)])
+                                iris=fg.IRIS_COLOURS[idx % len(fg.IRIS_COLOURS)], gaze=gaze)
         elif net is not None:
             y = net.run(x)[0][0].transpose(1, 2, 0)
         else:
@@ -480,6 +488,25 @@ class Generative:
         if not np.isfinite(y).all():
             raise RuntimeError("generator produced non-finite output")
         return np.clip(y * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+    def eyes(self, crop: np.ndarray, pts: np.ndarray) -> tuple[tuple[float, float] | None, float]:
+        """(each eye's opening, the gaze toward the image's right edge, both eyes' mean) of the face
+        in the aligned crop (detect/iris.py), kept for the last few crops (the identity choice
+        renders one crop several times); (None, 0) without the model."""
+        if self.iris is None:
+            return None, 0.0
+        tag = hashlib.blake2b(crop.tobytes() + pts.tobytes(), digest_size=16).digest()
+        with self._state:
+            hit = self._eyes.get(tag)
+        if hit is None:
+            a, b = self.iris.eyes(crop, pts)
+            # the image-left eye's inner corner is toward the image's right, the other's toward its left
+            hit = ((a.opening, b.opening), float(np.clip((a.gaze - b.gaze) / 2, -1.0, 1.0)))
+            with self._state:
+                self._eyes[tag] = hit
+                while len(self._eyes) > 8:
+                    self._eyes.popitem(last=False)
+        return hit
 
     def refined(self, y: np.ndarray, cover: np.ndarray) -> np.ndarray:
         """The refiner (models/refiner) on a rendering `y` (BGR float 0..1, 128 px or magnified): it
