@@ -69,8 +69,9 @@ class Refiner(nn.Module):
     colour and shading cannot drift (a first run without this turned faces green in 16 minutes).
     128 -> 64 -> 32 (3 residual blocks) -> 64 -> 128, nearest upsample + conv, skips by addition."""
 
-    def __init__(self, w=(24, 48, 64), blocks=3):
+    def __init__(self, w=(24, 48, 64), blocks=3, window=9):
         super().__init__()
+        self.window = window
         self.e0 = conv(4, w[0])
         self.e1 = conv(w[0], w[1], 2)
         self.e2 = conv(w[1], w[2], 2)
@@ -89,7 +90,7 @@ class Refiner(nn.Module):
         d = self.d1(F.interpolate(d, scale_factor=2.0, mode="nearest")) + e1
         d = self.d0(F.interpolate(d, scale_factor=2.0, mode="nearest"))
         g = self.out(d).mean(1, keepdim=True)
-        g = g - F.avg_pool2d(g, 9, 1, 4, count_include_pad=False)
+        g = g - F.avg_pool2d(g, self.window, 1, self.window // 2, count_include_pad=False)
         return torch.clamp(img + cover * g, 0.0, 1.0)
 
 
@@ -105,6 +106,26 @@ class PatchD(nn.Module):
 
     def forward(self, x):
         return self.net(F.pad(x, (1, 2, 1, 2), mode="reflect"))[..., :x.shape[2] // 8, :x.shape[3] // 8]
+
+    def features(self, x):
+        """The second block's activations (64 channels at 1/4 resolution): feature matching."""
+        return self.net[:4](F.pad(x, (1, 2, 1, 2), mode="reflect"))[..., :x.shape[2] // 4, :x.shape[3] // 4]
+
+
+def feature_match(D: PatchD, fake: torch.Tensor, real: torch.Tensor, wf: torch.Tensor, wr: torch.Tensor
+                  ) -> torch.Tensor:
+    """L1 between the mean (and spread) of D's middle features over the covered face, refined vs
+    real (Salimans et al. 2016): R matches real faces' statistics instead of chasing D's score."""
+    def stats(f, w):
+        w = F.interpolate(w, size=f.shape[2:], mode="area")
+        n = w.sum((0, 2, 3)).clamp(min=1.0)
+        mu = (f * w).sum((0, 2, 3)) / n
+        sd = ((((f - mu[None, :, None, None]) ** 2) * w).sum((0, 2, 3)) / n).sqrt()
+        return mu, sd
+    mf, sf = stats(D.features(fake), wf)
+    with torch.no_grad():
+        mr, sr = stats(D.features(real), wr)
+    return (mf - mr).abs().mean() + (sf - sr).abs().mean()
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -233,6 +254,14 @@ def main(argv=None) -> int:
     ap.add_argument("--l1", type=float, default=0.0, help="self-regularization, full resolution")
     ap.add_argument("--l1_low", type=float, default=1.0, help="self-regularization at 1/8 resolution (colour)")
     ap.add_argument("--l2", type=float, default=20.0, help="self-regularization, squared, full resolution")
+    ap.add_argument("--adv", type=float, default=1.0, help="weight of R's adversarial (LSGAN) term")
+    ap.add_argument("--fm", type=float, default=0.0, help="feature matching on D's middle layer (CARD: run 7)")
+    ap.add_argument("--window", type=int, default=9, help="R changes grey detail finer than this (px)")
+    ap.add_argument("--d_scale", type=int, default=1,
+                    help="D sees real and refined crops reduced this many times (2: no pixel-scale "
+                         "texture such as JPEG blocks for R to copy as hatching)")
+    ap.add_argument("--d_floor", type=float, default=0.0,
+                    help="skip D's update while its loss is below this (it is already far ahead)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--per_frame", type=int, default=2, help="identities rendered per video frame")
@@ -263,7 +292,10 @@ def main(argv=None) -> int:
     wr = wr / wr.sum()
     print(f"data: {len(data['fake'])} rendered, {len(data['real'])} real ({int((src == 1).sum())} CelebA) "
           f"({time.time() - t0:.0f} s)", flush=True)
-    R, D = Refiner(), PatchD()
+    R, D = Refiner(window=a.window), PatchD()
+
+    def dn(t: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(t, a.d_scale) if a.d_scale > 1 else t
     print(f"refiner: {sum(p.numel() for p in R.parameters()) / 1e3:.0f} k parameters, "
           f"{2 * macs(R, 4) / 1e9:.2f} GFLOP per 128x128 face", flush=True)
     opt_r = torch.optim.Adam(R.parameters(), lr=a.lr, betas=(0.5, 0.999))
@@ -280,21 +312,23 @@ def main(argv=None) -> int:
             R.train()
             snap += 1
         x = batch(data["fake"], data["fake_m"], rng, a.batch, crop=a.crop)
-        r = batch(data["real"], data["real_m"], rng, a.batch, wr, crop=a.crop)
+        r = dn(batch(data["real"], data["real_m"], rng, a.batch, wr, crop=a.crop))
         # R: fool D on the face's patches, stay close to the rendering
         y = R(x)
-        w = patch_weight(x[:, 3:4])
-        adv = lsgan(D(y), 1.0, w)
         cov = x[:, 3:4]
+        yd_in = dn(torch.cat([y, cov], 1))  # what D sees
+        w = patch_weight(yd_in[:, 3:4].detach())
+        adv = lsgan(D(yd_in[:, :3]), 1.0, w)
+        fm = feature_match(D, yd_in[:, :3], r[:, :3], yd_in[:, 3:4], r[:, 3:4]) if a.fm else torch.zeros(())
         reg = (cov * (y - x[:, :3]).abs()).mean() / cov.mean().clamp(min=1e-3)
         low = (F.avg_pool2d(cov * (y - x[:, :3]), 8).abs()).mean() / cov.mean().clamp(min=1e-3)
         sq = (cov * (y - x[:, :3]) ** 2).mean() / cov.mean().clamp(min=1e-3)
-        loss_r = adv + a.l1 * reg + a.l1_low * low + a.l2 * sq
+        loss_r = a.adv * adv + a.fm * fm + a.l1 * reg + a.l1_low * low + a.l2 * sq
         opt_r.zero_grad()
         loss_r.backward()
         opt_r.step()
         # D: real crops vs refined (half from the history buffer)
-        yd = y.detach()
+        yd = yd_in[:, :3].detach()
         if len(history) >= a.batch:
             k = a.batch // 2
             old = torch.stack([history[int(i)] for i in rng.choice(len(history), k, replace=False)])
@@ -303,17 +337,19 @@ def main(argv=None) -> int:
         else:
             fake_in, fake_w = yd, w
         for j in range(len(yd)):
-            item = torch.cat([yd[j], x[j, 3:4]])
+            item = torch.cat([yd[j], yd_in[j, 3:4].detach()])
             if len(history) < 512:
                 history.append(item)
             else:
                 history[int(rng.integers(512))] = item
         loss_d = lsgan(D(r[:, :3]), 1.0, patch_weight(r[:, 3:4])) + lsgan(D(fake_in[:, :3]), 0.0, fake_w)
-        opt_d.zero_grad()
-        loss_d.backward()
-        opt_d.step()
+        if ema.get("d", 1.0) >= a.d_floor:
+            opt_d.zero_grad()
+            loss_d.backward()
+            opt_d.step()
         step += 1
-        for k_, v in {"adv": adv.item(), "l1": reg.item(), "low": low.item(), "d": loss_d.item()}.items():
+        for k_, v in {"adv": adv.item(), "fm": fm.item(), "l1": reg.item(), "low": low.item(),
+                      "d": loss_d.item()}.items():
             ema[k_] = v if k_ not in ema else 0.95 * ema[k_] + 0.05 * v
         if step % 25 == 0 or a.steps:
             print(f"step {step} {el / 60:.1f} min " + " ".join(f"{k_} {v:.4f}" for k_, v in ema.items()), flush=True)
