@@ -1,6 +1,6 @@
-"""MediaPipe Iris (models/iris) on a real face: the eye's opening and gaze that `generative` draws.
-Known answers from the photos themselves: the astronaut's open eyes read open and looking ahead,
-and mirrored the same; the two downcast faces of a group photo read closed, the others open."""
+"""MediaPipe Iris (models/iris) on real faces: the eye's opening that `generative` draws (shut eyes
+shut). Known answers from the photos themselves: the astronaut's open eyes read open, and mirrored
+the same; the two downcast faces of a group photo read shut, the profile's eyes open."""
 import cv2
 import numpy as np
 import pytest
@@ -19,11 +19,10 @@ def face(models, media):
     return img, pts, Iris(open_model(assets.model_path("iris"), "tflite", threads=1))
 
 
-def test_open_eyes_read_open_and_ahead(face):
+def test_open_eyes_read_open(face):
     img, pts, iris = face
     for eye in iris.eyes(img, pts):
         assert 0.2 < eye.opening < 0.6
-        assert abs(eye.gaze) < 0.35
 
 
 def test_downcast_eyes_read_closed(face):
@@ -43,7 +42,7 @@ def test_downcast_eyes_read_closed(face):
     assert shut[2] > 0.12  # the profile's (its far eye the narrower)
 
 
-def test_mirrored_face_looks_the_other_way(face):
+def test_mirrored_face_reads_the_same(face):
     img, pts, iris = face
     w = img.shape[1]
     flip = img[:, ::-1].copy()
@@ -53,8 +52,6 @@ def test_mirrored_face_looks_the_other_way(face):
     a, b = iris.eyes(img, pts)
     fa, fb = iris.eyes(flip, fpts[MIRROR])
     assert abs(fa.opening - b.opening) < 0.05 and abs(fb.opening - a.opening) < 0.05
-    # toward the inner corner in one is toward the inner corner in its mirror image
-    assert abs(fa.gaze - b.gaze) < 0.15 and abs(fb.gaze - a.gaze) < 0.15
 
 
 def _mirror_index() -> np.ndarray:

@@ -102,8 +102,7 @@ EYE_LIDS = ((np.array([33, 246, 161, 160, 159, 158, 157, 173, 133]), np.array([3
 IRIS_COLOURS = np.float32([[0.10, 0.15, 0.24], [0.12, 0.2, 0.3], [0.08, 0.12, 0.19], [0.13, 0.22, 0.3],
                            [0.15, 0.22, 0.24], [0.24, 0.23, 0.21], [0.11, 0.18, 0.27], [0.09, 0.14, 0.2]])
 FEATURE_GROW = 1.2
-EYE_OPEN_REF = 0.24  # open_eyes: an eye opened this much (gap over width) or more is drawn open
-EYE_GAZE_MAX = 0.8   # draw_eyes: the iris goes at most this far toward a corner
+EYE_SHUT = (0.06, 0.12)  # open_eyes: an eye open (gap over width) under the first is drawn shut, over the second as it is
 EYELID_DARK = 0.92   # ... a lowered eyelid is the skin around the eye this much darker
 EYE_BROWS = (np.array([70, 63, 105, 66, 107, 55, 65, 52, 53, 46, 33, 7, 163, 144, 145, 153, 154, 155,
                        133, 173, 157, 158, 159, 160, 161, 246]),
@@ -459,7 +458,7 @@ def prepare(geo: Geometry, crop: np.ndarray, pts: np.ndarray, id_tex: np.ndarray
             id_shape: np.ndarray | None = None, pull: float = 0.0, id_valid: np.ndarray | None = None,
             openings: tuple[float, float] | None = None) -> Prepared:
     """The generator input for one face crop (BGR uint8), and its parts (see generator_input).
-    openings: each eye's opening (detect/iris.py; EYE_LIDS order), drawn instead of the mesh's."""
+    openings: each eye's opening (detect/iris.py; EYE_LIDS order): shut eyes are drawn shut."""
     cover = poly_mask(oval_polygon(pts, mask_scale))
     skin = poly_mask(oval_polygon(pts, ID_OVAL_SCALE))
     grid = upsample_grid(light_grid(crop, skin))
@@ -833,10 +832,10 @@ def _eye_frame(upper: np.ndarray, lower: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def open_eyes(pts: np.ndarray, openings: tuple[float, float]) -> np.ndarray:
-    """The mesh `pts` (468 points) with each eye's upper lid lowered toward its lower lid as far as
-    the original's is: an opening (the widest gap between the lids over the eye's width) of
-    EYE_OPEN_REF or more leaves the lid as it is, less lowers it in proportion (0: closed); the
-    corners and the lower lid stay."""
+    """The mesh `pts` (468 points) with the upper lid of each eye the original has shut or nearly
+    (its opening, the widest gap between the lids over the eye's width, under EYE_SHUT[1]) lowered
+    onto its lower lid (all the way under EYE_SHUT[0], partly between); an eye open wider stays as
+    the mesh draws it; the corners and the lower lids never move."""
     out = pts.copy()
     for (up_i, lo_i), opening in zip(EYE_LIDS, openings):
         upper, lower = pts[up_i], pts[lo_i]
@@ -845,21 +844,19 @@ def open_eyes(pts: np.ndarray, openings: tuple[float, float]) -> np.ndarray:
         tl, hl = (lower - o) @ ax, (lower - o) @ up
         k = np.argsort(tl)
         gap = hu - np.interp(tu, tl[k], hl[k])
-        scale = float(np.clip(opening / EYE_OPEN_REF, 0.0, 1.0))
+        scale = float(_smooth(np.float32(opening), *EYE_SHUT))
         inner = np.arange(1, len(up_i) - 1)  # not the corners
         out[up_i[inner]] = pts[up_i[inner]] - np.outer(gap[inner] * (1.0 - scale), up)
     return out
 
 
 def draw_eyes(img: np.ndarray, pts: np.ndarray, s: float, keep: float = 1.0,
-              iris: np.ndarray = IRIS_COLOURS[0], gaze: float = 0.0, before: np.ndarray | None = None
-              ) -> np.ndarray:
+              iris: np.ndarray = IRIS_COLOURS[0], before: np.ndarray | None = None) -> np.ndarray:
     """Both eyes drawn into the rendering `img` (BGR float 0..1) inside the openings of the mesh
     `pts` (the 468 points in img px): sclera lit as the skin around the eye, shaded toward the
     corners and under the upper lid; an iris of colour `iris` (BGR, at skin brightness 0.6) with a
     darker rim, faint radial streaks and a pupil, resting on the lower lid and cut by the upper one,
-    both eyes looking the same way (`gaze`: -1 .. 1, toward the image's left .. right edge, where
-    the original looks; 0 straight); one catchlight on the same side in both; a dark line along the
+    both eyes looking the same way; one catchlight on the same side in both; a dark line along the
     upper lid. A closed eye gets only the line. `before`: the mesh before open_eyes lowered its
     upper lids; what the identity showed between a lid as it was and as it is (its own eye) is
     covered by eyelid skin. From the geometry and the rendering only (the identity's own eyes,
@@ -868,7 +865,7 @@ def draw_eyes(img: np.ndarray, pts: np.ndarray, s: float, keep: float = 1.0,
     for upper, lower in EYE_LIDS:
         if before is not None:
             out = _lower_lid(out, before[upper], pts[upper], pts[lower], s)
-        out = _draw_eye(out, pts[upper], pts[lower], s, keep, iris, gaze)
+        out = _draw_eye(out, pts[upper], pts[lower], s, keep, iris)
     return out
 
 
@@ -908,7 +905,7 @@ def _lower_lid(img: np.ndarray, was: np.ndarray, upper: np.ndarray, lower: np.nd
 
 
 def _draw_eye(img: np.ndarray, upper: np.ndarray, lower: np.ndarray, s: float, keep: float,
-              iris: np.ndarray, gaze: float = 0.0) -> np.ndarray:
+              iris: np.ndarray) -> np.ndarray:
     _, ax, up, w = _eye_frame(upper, lower)  # up: toward the brow (image y grows downward)
     if w < 4.0:
         return img
@@ -963,13 +960,7 @@ def _draw_eye(img: np.ndarray, upper: np.ndarray, lower: np.ndarray, s: float, k
     # the iris rests on the lower lid at the opening's middle and the upper lid cuts it; in a wide
     # opening it is a little larger and rises to stay under the upper lid (no white above it: a stare)
     r = float(np.clip(0.42 * gap, 0.2 * w, 0.23 * w))
-    # along the eye as the original looks (ax points to the inner corner: toward the image's right
-    # for the image-left eye), at most EYE_GAZE_MAX of the way to a corner
-    along = float(np.clip(gaze * np.sign(ax[0]), -EYE_GAZE_MAX, EYE_GAZE_MAX)) * (w / 2 - r) + 0.04 * w
-    tl = (L - c) @ ax
-    k = np.argsort(tl)
-    base = c + ax * np.float32(along) + up * np.float32(np.interp(along, tl[k], ((L - c) @ up)[k]))
-    ic = base + up * np.float32(max(0.92 * r, gap - 0.85 * r))
+    ic = mid_l + up * np.float32(max(0.92 * r, gap - 0.85 * r)) + ax * np.float32(0.04 * w)
     dx, dy = xs - ic[0], ys - ic[1]
     rr = np.sqrt(dx * dx + dy * dy) / r
     ang = np.arctan2(dy, dx)
@@ -997,16 +988,15 @@ def _magnify(img: np.ndarray, s: float, size: int, interp: int = cv2.INTER_LINEA
 
 def render_sharp(geo: Geometry, p: Prepared, ctx: np.ndarray, pts: np.ndarray, mask_scale: float,
                  tex: np.ndarray, tex_scale: int, valid: np.ndarray, s: float,
-                 ring: tuple[np.ndarray, np.ndarray] | None = None, iris: np.ndarray = IRIS_COLOURS[0],
-                 gaze: float = 0.0) -> np.ndarray:
+                 ring: tuple[np.ndarray, np.ndarray] | None = None, iris: np.ndarray = IRIS_COLOURS[0]
+                 ) -> np.ndarray:
     """classic_render at s x the crop's resolution: the identity sampled from its sharp texture
     (`tex`, canonical frame at tex_scale x 128 px) straight into the magnified crop, so a large face
     is not magnified from 128 px; the smooth fill and the recolouring gain, which hold no detail,
     come magnified from the 128 px crop. ctx: the frame aligned at s x (BGR uint8); pts: the face's
     mesh in the 128 px crop; valid: the identity's validity (canonical, 128 px); ring: (the frame
     outside the covered region, BGR float 0..1 premultiplied, and where it is known), aligned as ctx,
-    for ring_fill; iris, gaze: the drawn eyes' iris colour and where they look (draw_eyes; lips and
-    mouth are drawn too).
+    for ring_fill; iris: the drawn eyes' iris colour (draw_eyes; lips and mouth are drawn too).
     Returns BGR float 0..1 of ctx's size."""
     size = ctx.shape[0]
     fill = _magnify(_smooth_fill(p.x) if p.fill is None else p.fill, s, size)
@@ -1033,7 +1023,7 @@ def render_sharp(geo: Geometry, p: Prepared, ctx: np.ndarray, pts: np.ndarray, m
         inner *= _magnify(p.periph, s, size)[..., None]
     inner = draw_lips(inner, mesh, s, p.keep)
     inner = draw_mouth(inner, mesh[INNER_LIPS], s, p.keep)
-    inner = draw_eyes(inner, mesh, s, p.keep, iris, gaze, None if p.lids is None else p.lids * np.float32(s))
+    inner = draw_eyes(inner, mesh, s, p.keep, iris, None if p.lids is None else p.lids * np.float32(s))
     poly = oval_polygon(pts * np.float32(s), mask_scale)
     cover = poly_mask(poly, size)[..., None]
     bg = ctx.astype(np.float32) / 255.0

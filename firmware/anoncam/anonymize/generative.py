@@ -186,8 +186,8 @@ class Generative:
         self.refiner = None
         self.attrs: AgeGender | None = None
         self.likeness: Likeness | None = None
-        self.iris = None  # detect.iris.Iris: each eye's opening and gaze, drawn as the original's
-        self._eyes: OrderedDict[bytes, tuple] = OrderedDict()  # the last few crops' (openings, gaze)
+        self.iris = None  # detect.iris.Iris: each eye's opening (shut eyes are drawn shut)
+        self._eyes: OrderedDict[bytes, tuple] = OrderedDict()  # the last few crops' openings
         self._tracks: OrderedDict[bytes, int] = OrderedDict()  # HMAC(key, track) -> identity index
         self._grain: OrderedDict[bytes, np.ndarray] = OrderedDict()  # HMAC(key, track, k) -> noise
         # live choices: the frame loop and the choosing worker share these under _state
@@ -471,14 +471,14 @@ class Generative:
         resolution from the identity's sharp texture (fg.render_sharp)."""
         shape = None if self.bank.shapes is None else self.bank.shapes[idx]
         geo = self.bank.geo
-        openings, gaze = self.eyes(crop, pts) if sharp is not None else (None, 0.0)
+        openings = self.eyes(crop, pts) if sharp is not None else None
         p = fg.prepare(geo, crop, pts, self.bank.filled(idx), mask_scale, shape, fg.SHAPE_PULL, geo.id_valid,
                        openings)
         x = p.x
         if sharp is not None:
             y = fg.render_sharp(geo, p, sharp[0], pts, mask_scale, self.bank.filled(idx, sharp=True),
                                 self.bank.tex_scale, geo.id_valid, sharp[1], sharp[2],
-                                iris=fg.IRIS_COLOURS[idx % len(fg.IRIS_COLOURS)], gaze=gaze)
+                                iris=fg.IRIS_COLOURS[idx % len(fg.IRIS_COLOURS)])
         elif net is not None:
             y = net.run(x)[0][0].transpose(1, 2, 0)
         else:
@@ -489,19 +489,16 @@ class Generative:
             raise RuntimeError("generator produced non-finite output")
         return np.clip(y * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
-    def eyes(self, crop: np.ndarray, pts: np.ndarray) -> tuple[tuple[float, float] | None, float]:
-        """(each eye's opening, the gaze toward the image's right edge, both eyes' mean) of the face
-        in the aligned crop (detect/iris.py), kept for the last few crops (the identity choice
-        renders one crop several times); (None, 0) without the model."""
+    def eyes(self, crop: np.ndarray, pts: np.ndarray) -> tuple[float, float] | None:
+        """Each eye's opening (detect/iris.py) of the face in the aligned crop, kept for the last
+        few crops (the identity choice renders one crop several times); None without the model."""
         if self.iris is None:
-            return None, 0.0
+            return None
         tag = hashlib.blake2b(crop.tobytes() + pts.tobytes(), digest_size=16).digest()
         with self._state:
             hit = self._eyes.get(tag)
         if hit is None:
-            a, b = self.iris.eyes(crop, pts)
-            # the image-left eye's inner corner is toward the image's right, the other's toward its left
-            hit = ((a.opening, b.opening), float(np.clip((a.gaze - b.gaze) / 2, -1.0, 1.0)))
+            hit = tuple(e.opening for e in self.iris.eyes(crop, pts))
             with self._state:
                 self._eyes[tag] = hit
                 while len(self._eyes) > 8:

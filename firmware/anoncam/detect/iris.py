@@ -1,5 +1,7 @@
 """MediaPipe Iris: eyelids and iris per eye, from a 64x64 crop about the eye's corners (models/iris).
-Used by `generative` for two numbers of expression per eye: how far it is open, and where it looks."""
+Used by `generative` for one number of expression per eye: how far it is open (shut eyes are drawn
+shut). Where the iris looks is not used: drawing it made the faces easier to re-identify (README,
+Realism, tenth round)."""
 from __future__ import annotations
 
 import threading
@@ -19,7 +21,6 @@ LOWER, UPPER = slice(0, 9), slice(9, 16)  # the model's eyelid points: corner to
 
 class Eye(NamedTuple):
     opening: float  # widest gap between the lids over the eye's width (0: closed)
-    gaze: float     # the iris centre along the eye, -1 outer corner .. 1 inner corner
 
 
 class Iris:
@@ -40,31 +41,26 @@ class Iris:
             m = np.float64([[-1, 0, SIZE - 1], [0, 1, 0]]) @ np.vstack([m, [0, 0, 1]])
         return m
 
-    def eye(self, img: np.ndarray, outer: np.ndarray, inner: np.ndarray, mirror: bool
-            ) -> tuple[np.ndarray, np.ndarray]:
-        """(16 eyelid points, 5 iris points) in image pixels for the eye with these corners."""
+    def eye(self, img: np.ndarray, outer: np.ndarray, inner: np.ndarray, mirror: bool) -> np.ndarray:
+        """The 16 eyelid points in image pixels of the eye with these corners."""
         m = self.region(outer.astype(np.float64), inner.astype(np.float64), mirror)
         crop = cv2.warpAffine(img, m, (SIZE, SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         x = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB).astype(np.float32)[None] / 255.0
         with self._lock:
             outs = self.backend.run(x)
-        lids, iris = sorted(outs, key=lambda o: -o.size)[:2]
+        lids = max(outs, key=lambda o: o.size)  # 71 eye-region points; the 5 iris points are not used
         inv = cv2.invertAffineTransform(m)
-        back = [p.reshape(-1, 3)[:, :2] @ inv[:, :2].T + inv[:, 2] for p in (lids[..., :16 * 3], iris)]
-        return back[0].astype(np.float32), back[1].astype(np.float32)
+        return (lids[..., :16 * 3].reshape(-1, 3)[:, :2] @ inv[:, :2].T + inv[:, 2]).astype(np.float32)
 
     def eyes(self, img: np.ndarray, pts: np.ndarray) -> tuple[Eye, Eye]:
-        """Opening and gaze of both eyes (FaceMesh's order: the image-left eye first) of the face
-        whose 468 landmarks `pts` are in `img`'s pixels."""
-        out = []
-        for (o, i), mirror in EYES:
-            lids, iris = self.eye(img, pts[o], pts[i], mirror)
-            out.append(state(lids, iris[0], pts[o], pts[i]))
+        """Both eyes (FaceMesh's order: the image-left eye first) of the face whose 468 landmarks
+        `pts` are in `img`'s pixels."""
+        out = [state(self.eye(img, pts[o], pts[i], mirror), pts[o], pts[i]) for (o, i), mirror in EYES]
         return out[0], out[1]
 
 
-def state(lids: np.ndarray, centre: np.ndarray, outer: np.ndarray, inner: np.ndarray) -> Eye:
-    """An eye's opening and gaze from its 16 eyelid points, iris centre and corners."""
+def state(lids: np.ndarray, outer: np.ndarray, inner: np.ndarray) -> Eye:
+    """An eye's opening from its 16 eyelid points (the model's order) and its corners."""
     ax = inner - outer
     w = max(float(np.linalg.norm(ax)), 1e-3)
     ax = ax / w
@@ -78,9 +74,7 @@ def state(lids: np.ndarray, centre: np.ndarray, outer: np.ndarray, inner: np.nda
     xs = np.linspace(0.2, 0.8, 7) * w
     lo = np.interp(xs, *_sorted(t(lower), h(lower)))
     hi = np.interp(xs, *_sorted(t(upper), h(upper)))
-    opening = float(max(0.0, (hi - lo).max()) / w)
-    gaze = float(np.clip(2.0 * t(centre) / w - 1.0, -1.0, 1.0))
-    return Eye(opening, gaze)
+    return Eye(float(max(0.0, (hi - lo).max()) / w))
 
 
 def _sorted(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
