@@ -762,27 +762,36 @@ def _draw_mouth(img: np.ndarray, lips: np.ndarray, s: float, keep: float) -> np.
     return out.astype(np.float32)
 
 
+def _window(shape: tuple, lo: np.ndarray, hi: np.ndarray, pad: int) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1): the box lo..hi grown by pad px, inside an image of `shape`; None if under 4 px."""
+    x0, y0 = max(0, int(lo[0]) - pad), max(0, int(lo[1]) - pad)
+    x1, y1 = min(shape[1], int(hi[0]) + pad + 1), min(shape[0], int(hi[1]) + pad + 1)
+    return None if x1 - x0 < 4 or y1 - y0 < 4 else (x0, y0, x1, y1)
+
+
+def _fill_at(poly: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """uint8 mask of the box's size, 1 inside the polygon `poly` (image px; anti-aliased, 1/16 px)."""
+    x0, y0, x1, y1 = box
+    m = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    cv2.fillPoly(m, [np.round((poly - np.float32([x0, y0])) * 16).astype(np.int32)], 1, lineType=cv2.LINE_AA,
+                 shift=4)
+    return m
+
+
 def draw_lips(img: np.ndarray, pts: np.ndarray, s: float, keep: float = 1.0) -> np.ndarray:
     """Lips drawn along the mesh's lip contours (`pts`: the 468 points in img px): the rendering under
     them smoothed, no brighter than the skin around them, darkened and reddened (upper lip in shadow,
     lower lip lit), the line between closed lips and
     the mouth's corners marked, so their shape (a smile's lifted corners) reads. From the geometry
     and the rendering only; `keep` its colour."""
-    h = img.shape[0]
     lo, hi = pts[OUTER_LIPS].min(0), pts[OUTER_LIPS].max(0)
-    pad = int(np.ceil(0.3 * (hi[0] - lo[0]) + 3 * s))
-    x0, y0 = max(0, int(lo[0]) - pad), max(0, int(lo[1]) - pad)
-    x1, y1 = min(img.shape[1], int(hi[0]) + pad + 1), min(h, int(hi[1]) + pad + 1)
-    if x1 - x0 < 4 or y1 - y0 < 4:
+    box = _window(img.shape, lo, hi, int(np.ceil(0.3 * (hi[0] - lo[0]) + 3 * s)))
+    if box is None:
         return img
+    x0, y0, x1, y1 = box
     off = np.float32([x0, y0])
-
-    def mask(poly):
-        m = np.zeros((y1 - y0, x1 - x0), np.uint8)
-        cv2.fillPoly(m, [np.round((poly - off) * 16).astype(np.int32)], 1, lineType=cv2.LINE_AA, shift=4)
-        return m.astype(np.float32)
-    upper = mask(np.concatenate([pts[UPPER_OUTER], pts[UPPER_INNER[::-1]]]))
-    lower = mask(np.concatenate([pts[LOWER_OUTER], pts[LOWER_INNER[::-1]]]))
+    upper = _fill_at(np.concatenate([pts[UPPER_OUTER], pts[UPPER_INNER[::-1]]]), box).astype(np.float32)
+    lower = _fill_at(np.concatenate([pts[LOWER_OUTER], pts[LOWER_INNER[::-1]]]), box).astype(np.float32)
     sig = max(0.5, 0.6 * s)
     upper, lower = cv2.GaussianBlur(upper, (0, 0), sig), cv2.GaussianBlur(lower, (0, 0), sig)
     # the lower lip lit toward its middle (a soft highlight), the upper lip a little darker
@@ -877,21 +886,13 @@ def _lower_lid(img: np.ndarray, was: np.ndarray, upper: np.ndarray, lower: np.nd
     drop = float(np.max((was - upper) @ up))
     if w < 4.0 or drop < 0.03 * w:
         return img
-    h, wd = img.shape[:2]
-    pad = int(np.ceil(0.3 * w + 2 * s)) + 2
-    lo, hi = np.minimum(was.min(0), lower.min(0)), np.maximum(was.max(0), lower.max(0))
-    x0, y0 = max(0, int(lo[0]) - pad), max(0, int(lo[1]) - pad)
-    x1, y1 = min(wd, int(hi[0]) + pad + 1), min(h, int(hi[1]) + pad + 1)
-    if x1 - x0 < 4 or y1 - y0 < 4:
+    box = _window(img.shape, np.minimum(was.min(0), lower.min(0)), np.maximum(was.max(0), lower.max(0)),
+                  int(np.ceil(0.3 * w + 2 * s)) + 2)
+    if box is None:
         return img
-    off = np.float32([x0, y0])
-
-    def fill(poly):
-        m = np.zeros((y1 - y0, x1 - x0), np.uint8)
-        cv2.fillPoly(m, [np.round((poly - off) * 16).astype(np.int32)], 1, lineType=cv2.LINE_AA, shift=4)
-        return m
-    opening = fill(np.concatenate([was, lower[::-1]]))  # the identity's eye, as it was open
-    lid = fill(np.concatenate([was, upper[::-1]]))
+    x0, y0, x1, y1 = box
+    opening = _fill_at(np.concatenate([was, lower[::-1]]), box)  # the identity's eye, as it was open
+    lid = _fill_at(np.concatenate([was, upper[::-1]]), box)
     patch = img[y0:y1, x0:x1]
     ring = (cv2.dilate(opening, np.ones((3, 3), np.uint8), iterations=max(2, int(round(0.15 * w))))
             - opening) > 0
