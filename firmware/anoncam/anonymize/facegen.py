@@ -456,9 +456,10 @@ class Prepared(NamedTuple):
 
 def prepare(geo: Geometry, crop: np.ndarray, pts: np.ndarray, id_tex: np.ndarray, mask_scale: float,
             id_shape: np.ndarray | None = None, pull: float = 0.0, id_valid: np.ndarray | None = None,
-            openings: tuple[float, float] | None = None) -> Prepared:
+            openings: tuple[float, float] | None = None, sharp: bool = False) -> Prepared:
     """The generator input for one face crop (BGR uint8), and its parts (see generator_input).
-    openings: each eye's opening (detect/iris.py; EYE_LIDS order): shut eyes are drawn shut."""
+    openings: each eye's opening (detect/iris.py; EYE_LIDS order): shut eyes are drawn shut.
+    sharp: also the smooth fill and the periphery gain, which only render_sharp uses."""
     cover = poly_mask(oval_polygon(pts, mask_scale))
     skin = poly_mask(oval_polygon(pts, ID_OVAL_SCALE))
     grid = upsample_grid(light_grid(crop, skin))
@@ -514,6 +515,8 @@ def prepare(geo: Geometry, crop: np.ndarray, pts: np.ndarray, id_tex: np.ndarray
     ctx = crop.astype(np.float32) / 255.0 * (1.0 - cover[..., None])
     x = np.ascontiguousarray(np.concatenate([tex, valid[..., None], grid, ctx, cover[..., None]], 2)
                              .transpose(2, 0, 1)[None])
+    if not sharp:
+        return Prepared(x, cover, pts, maps, gain, keep, corr, shade, lids=lids)
     fill = _smooth_fill(x)
     # the face's edge as dark, over its middle, as the original's (8 numbers of it): the identity's
     # skin filled out to its oval is lit flat and read as a pale egg

@@ -473,7 +473,7 @@ class Generative:
         geo = self.bank.geo
         openings = self.eyes(crop, pts) if sharp is not None else None
         p = fg.prepare(geo, crop, pts, self.bank.filled(idx), mask_scale, shape, fg.SHAPE_PULL, geo.id_valid,
-                       openings)
+                       openings, sharp=sharp is not None)
         x = p.x
         if sharp is not None:
             y = fg.render_sharp(geo, p, sharp[0], pts, mask_scale, self.bank.filled(idx, sharp=True),
