@@ -72,25 +72,6 @@ TEETH_FROM = 0.08   # draw_mouth: teeth show from this opening over the mouth's 
 TEETH_FILL = 0.85   # ... at most this much of the opening
 TEETH_BRIGHT = (1.3, 0.15, 0.95)  # ... lit as skin x a + b, at most c
 TEETH_GAP = 0.07    # ... darkening between the teeth
-# shave (the identity's texture, once per identity): the bank's composites carry dark bands over the
-# upper lip and chin (moustaches, a soul patch: averaged stubble and shadow, sharpened by the
-# upscaler) that every face given them wears. Between the inner lips and SHAVE_UP of the way to the
-# nose, and from the inner lips SHAVE_DOWN of the way to the chin, SHAVE_WIDE x the mouth's width,
-# the colour coarser than SHAVE_DETAIL crop px becomes the skin's around them (its own skin away
-# from those bands, the eyes, the lips and dark pixels, low-passed by SHAVE_SIGMA) by SHAVE_STRENGTH
-SHAVE_UP = 0.95
-SHAVE_DOWN = 0.7
-SHAVE_WIDE = 1.15
-SHAVE_DETAIL = 1.0
-SHAVE_SIGMA = 6.0
-SHAVE_STRENGTH = 0.85
-# conceal (with shave): the composites' eye sockets and under-eyes are darker than photographed ones
-# (under-eye over cheek 0.72 in the bank, 0.81 in the quick set's photos); their coarse colour is
-# taken CONCEAL_STRENGTH of the way to the skin's (conceal_zone: under each eye CONCEAL_BELOW x its
-# width deep, and up to the lower edge of its brow, LOWER_BROWS)
-CONCEAL_STRENGTH = 0.4
-CONCEAL_BELOW = 0.4
-LOWER_BROWS = (np.array([46, 53, 52, 65, 55]), np.array([276, 283, 282, 295, 285]))
 ZONE_SOFT = 1.5     # crop px: softness of the face zone's edge before the band-wise blend
 # mirror_ring squeeze: the ring reads the surroundings within this x its own depth past the covered
 # edge (stretched radially when < 1). 0.5 pulled in fewer hat brims and arms as horns, but
@@ -668,70 +649,6 @@ def fill_identity(tex: np.ndarray, valid: np.ndarray) -> np.ndarray:
     known = (valid > 0.99).astype(np.float32)
     out = fill_smooth(tex.astype(np.float32) * known[..., None], known)
     out = known[..., None] * tex + (1.0 - known[..., None]) * out
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
-
-
-def shave_zone(shape: np.ndarray, size: int) -> np.ndarray:
-    """The bands above and below the lips (see SHAVE_*) of a face whose 468 landmarks are `shape`
-    (128 px canonical frame), as a size x size mask."""
-    p = shape.astype(np.float32) * np.float32(size / SIZE)
-    c = (p[61] + p[291]) / 2  # the mouth's corners
-
-    def wide(q):
-        return np.c_[c[0] + (q[:, 0] - c[0]) * SHAVE_WIDE, q[:, 1]]
-    up = np.vstack([wide(p[UPPER_INNER]), wide(p[UPPER_OUTER] + (p[2] - p[0]) * SHAVE_UP)[::-1]])
-    down = np.vstack([wide(p[LOWER_INNER]), wide(p[LOWER_OUTER] + (p[152] - p[17]) * SHAVE_DOWN)[::-1]])
-    return np.maximum(poly_mask(up, size), poly_mask(down, size))
-
-
-def conceal_zone(shape: np.ndarray, size: int) -> np.ndarray:
-    """Each eye's socket (between its upper lid and the lower edge of its brow) and the band under
-    its lower lid (CONCEAL_BELOW x the eye's width deep), less the eye's opening grown by a crop px
-    (its lid lines stay), of a face whose landmarks are `shape` (128 px canonical), size x size."""
-    k = np.float32(size / SIZE)
-    p = shape.astype(np.float32) * k
-    m = np.zeros((size, size), np.float32)
-    for (up, lo), brow in zip(EYE_LIDS, LOWER_BROWS):
-        w = float(np.linalg.norm(p[up[0]] - p[up[-1]]))
-        under = np.vstack([p[lo], (p[lo] + np.float32([0, CONCEAL_BELOW * w]))[::-1]])
-        m = np.maximum(m, np.maximum(poly_mask(np.vstack([p[up], p[brow][::-1]]), size), poly_mask(under, size)))
-        eye = poly_mask(np.vstack([p[up], p[lo][::-1]]), size)
-        m *= 1 - cv2.dilate(eye, np.ones((int(2 * k) + 1,) * 2, np.uint8))
-    return m
-
-
-def retouch(tex: np.ndarray, shape: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """An identity's texture (BGR uint8, canonical frame at any scale) shaved and concealed: the
-    colour coarser than SHAVE_DETAIL of the bands above and below its lips (shave_zone of its
-    landmarks `shape`) and of its eye sockets and under-eyes (conceal_zone) taken SHAVE_STRENGTH and
-    CONCEAL_STRENGTH of the way to its skin's around them; their fine detail stays. `valid`: where
-    the texture is its own skin (128 px canonical). The lips lose their colour too: draw_lips tints
-    them from the skin at run time."""
-    size = tex.shape[0]
-    k = size / SIZE
-    zones = shave_zone(shape, size), conceal_zone(shape, size)
-    lips = poly_mask(shape[OUTER_LIPS].astype(np.float32) * np.float32(k), size)
-    if valid.shape[0] != size:
-        valid = cv2.resize(valid, (size, size), interpolation=cv2.INTER_LINEAR)
-    grow = np.ones((int(2 * k) * 2 + 1,) * 2, np.uint8)
-    ref = poly_mask(oval_polygon(shape * np.float32(k), 0.9), size) * (valid > 0.99)
-    ref *= (1 - cv2.dilate(np.maximum(*zones), grow)) * (1 - cv2.dilate(lips, grow))
-    for idx in EYE_BROWS:
-        ref *= 1 - poly_mask(grown(cv2.convexHull(shape[idx].astype(np.float32)).reshape(-1, 2) * np.float32(k),
-                                   FEATURE_GROW), size)
-    lum = cv2.cvtColor(tex, cv2.COLOR_BGR2GRAY)
-    if (ref > 0.5).sum() < 16:
-        return tex
-    ref = (ref > 0.5) & (lum > DARK_EDGE * np.median(lum[ref > 0.5]))  # no nostrils, no shadow lines
-    t = tex.astype(np.float32)
-    skin = cv2.GaussianBlur(fill_smooth(t, ref.astype(np.float32)), (0, 0), SHAVE_SIGMA * k)
-    r = int(np.ceil(2 * SHAVE_DETAIL * k))  # full strength over the whole zone, fading outside it
-    w = np.zeros((size, size), np.float32)
-    for zone, strength in zip(zones, (SHAVE_STRENGTH, CONCEAL_STRENGTH)):
-        if strength > 0:
-            zone = cv2.dilate(zone, np.ones((2 * r + 1,) * 2, np.uint8)) if zone is zones[0] else zone
-            w = np.maximum(w, cv2.GaussianBlur(zone, (0, 0), SHAVE_DETAIL * k) * np.float32(strength))
-    out = t + w[..., None] * (skin - cv2.GaussianBlur(t, (0, 0), SHAVE_DETAIL * k))
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 

@@ -121,9 +121,7 @@ class IdentityBank:
 
     def filled(self, idx: int, sharp: bool = False) -> np.ndarray | None:
         """Identity idx's texture (128 px, or sharp) with its holes (valid < 1) filled from its own
-        skin (facegen.fill_identity) and retouched (facegen.retouch: the bands above and below its lips shaved, its eye sockets
-        concealed):
-        what the renderer shows over the whole identity oval."""
+        skin (facegen.fill_identity): what the renderer shows over the whole identity oval."""
         key = (idx, sharp)
         with self._sharp_lock:
             t = self._filled.get(key)
@@ -134,7 +132,6 @@ class IdentityBank:
         if src is None:
             return None
         t = fg.fill_identity(src, self.valid(idx))
-        t = fg.retouch(t, self.geo.mean if self.shapes is None else self.shapes[idx], self.valid(idx))
         with self._sharp_lock:
             self._filled[key] = t
             while len(self._filled) > SHARP_CACHE:
