@@ -39,7 +39,7 @@ register(MethodSpec("solid", "a flat fill (anonymize.solid_color)", ".anonymize.
 register(MethodSpec(
     "generative", "a synthetic person per track, keeping pose, expression, lighting, age and gender",
     ".anonymize.generative:GENERATIVE", mask_scale_field="generative_mask_scale", landmarks=True,
-    models=("generator_identities", "age", "gender", "sface", "iris")))
+    models=("generator_identities", "age", "gender", "sface", "faceres", "faceres_graph", "iris")))
 
 
 def names() -> tuple[str, ...]:

