@@ -21,6 +21,7 @@ def test_card_numbers_are_the_constants():
         f"the {k} bank identities": "candidates per track",
         f"at most {gen.CHECK} reads ({2 * gen.CHECK} while SFace matches them)": "reads per track",
         f"cosine >= {gen.LIKE_MAX:g}": "SFace rejection threshold",
+        f"within {gen.AGE_OK:g} years": "age tolerance",
         f"`LIKE_WEIGHT = {gen.LIKE_WEIGHT:g}`": "SFace weight in the choice",
         f"`FACERES_WEIGHT = {gen.FACERES_WEIGHT:g}`": "FaceRes weight in the choice",
         f"`SHAPE_PULL = {fg.SHAPE_PULL}`": "identity shape",

