@@ -165,7 +165,10 @@ class Likeness:
 
     def embed(self, img: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         kps = np.array([landmarks[list(i)].mean(0) for i in MESH_FOR_SFACE], np.float64)
-        crop = cv2.warpAffine(img, similarity(kps, SFACE_TEMPLATE), (112, 112))
+        return self.embed_crop(cv2.warpAffine(img, similarity(kps, SFACE_TEMPLATE), (112, 112)))
+
+    def embed_crop(self, crop: np.ndarray) -> np.ndarray:
+        """The unit embedding of a 112x112 BGR crop already aligned (consent/embed.py: aligned_crop)."""
         x = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB).astype(np.float32).transpose(2, 0, 1)[None]
         f = self.net.run(np.ascontiguousarray(x))[0].reshape(-1)
         return f / (np.linalg.norm(f) + 1e-12)

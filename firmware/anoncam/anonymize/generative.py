@@ -443,7 +443,8 @@ class Generative:
         ids = self.bank.candidates(age, male)
         start = int.from_bytes(tag[:8], "big") % len(ids)
         picks = [int(ids[(start + i) % len(ids)]) for i in range(min(2 * CHECK, len(ids)))]
-        ref = self.likeness.embed(region, pts), self.faceres.embed_crop(aligned_crop(region, pts))
+        crop = aligned_crop(region, pts)
+        ref = self.likeness.embed_crop(crop), self.faceres.embed_crop(crop)
         scores = {}
         for j in picks:
             scores[j] = self._mismatch(region, pts, j, age, male, mask_scale, ref)
@@ -461,11 +462,12 @@ class Generative:
         # as the face will look (but for an experimental refiner, models/refiner)
         region = self._rendered(hood, local, idx, mask_scale, refine=False)
         m_, a_ = self.attrs.read(region, local)
-        like = float(ref[0] @ self.likeness.embed(region, local))
+        crop = aligned_crop(region, local)
+        like = float(ref[0] @ self.likeness.embed_crop(crop))
         flip = (m_ >= 0.5) != (male >= 0.5)
         if like < LIKE_MAX and not flip and abs(a_ - age) <= AGE_OK:
             # acceptable: the least like the original by both recognizers wins
-            like2 = float(ref[1] @ self.faceres.embed_crop(aligned_crop(region, local)))
+            like2 = float(ref[1] @ self.faceres.embed_crop(crop))
             return LIKE_WEIGHT * like + FACERES_WEIGHT * like2
         # else, after every acceptable one: a matched candidate only if all are matched, then the
         # least similar one; a gender flip outweighs any age gap

@@ -27,7 +27,7 @@ def sharpness(crop: np.ndarray) -> float:
 class Embedder:
     def __init__(self, threads: int = 1):
         from .faceres import FaceRes
-        self.net = Likeness(threads).net
+        self.likeness = Likeness(threads)
         self.faceres = FaceRes(threads)
 
     def embed_video(self, crop: np.ndarray) -> np.ndarray:
@@ -36,9 +36,7 @@ class Embedder:
 
     def embed_crop(self, crop: np.ndarray) -> np.ndarray:
         """SFace (128-d, unit length): stills, enrollment."""
-        x = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB).astype(np.float32).transpose(2, 0, 1)[None]
-        f = self.net.run(np.ascontiguousarray(x))[0].reshape(-1)
-        return f / (np.linalg.norm(f) + 1e-12)
+        return self.likeness.embed_crop(crop)
 
     def embed(self, img: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         return self.embed_crop(aligned_crop(img, landmarks))
